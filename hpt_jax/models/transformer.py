@@ -1,0 +1,304 @@
+"""The decoder-only transformer (Qwen2 / Llama family) as Flax NNX modules.
+
+Letters: B batch, T new tokens, S key slots (T without a cache, the cache length with one), D width,
+F MLP width, N query heads, K KV heads, G = N / K query heads per KV head, H head dim, V vocab, L layers.
+
+Parameter names mirror the HF checkpoint names (`self_attn.q_proj`, `mlp.gate_proj`, ...) so the import
+table in `hf_io.py` stays a list of renames. Kernels are stored input-first (`[D, N, H]` for q_proj)
+because that is the einsum-friendly layout; HF stores `[N*H, D]`.
+
+The L decoder layers are ONE module whose parameters have a leading `layers` axis (built with
+`nnx.vmap`) and run under `jax.lax.scan`: compile time does not grow with depth, and the per-layer
+remat policy wraps the scan body.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hpt_jax.models import rope
+from hpt_jax.models.cache import KVCache
+from hpt_jax.models.config import ModelConfig, RematPolicy
+from hpt_jax.models.sharding import constrain
+from hpt_jax.typing import Array
+
+_INIT_STDDEV = 0.02  # HF `initializer_range` for both families
+
+
+def _param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: tuple[str, ...], dtype,
+           init: str) -> nnx.Param:
+  """A parameter tagged with its logical axes (read by `sharding.param_shardings`)."""
+  if init == "normal":
+    value = _INIT_STDDEV * jax.random.normal(rngs.params(), shape, dtype)
+  elif init == "ones":
+    value = jnp.ones(shape, dtype)
+  else:
+    value = jnp.zeros(shape, dtype)
+  return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / sqrt(mean(x^2) + eps) * scale, normalized in float32 whatever the compute dtype."""
+
+  def __init__(self, config: ModelConfig):
+    self.eps = config.rms_norm_eps
+    self.scale = _param(None, (config.hidden_size,), ("norm",), config.param_dtype, "ones")
+
+  def __call__(self, x: Array) -> Array:
+    """x: [..., D] -> [..., D] in x's dtype."""
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    # Cast before the scale, as transformers does, so bf16 rounding matches HF.
+    return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+class Dense(nnx.Module):
+  """A kernel (+ optional bias) applied by an einsum the caller names; HF `nn.Linear` equivalent."""
+
+  def __init__(self, config: ModelConfig, *, kernel_shape: Sequence[int],
+               kernel_axes: tuple[str, ...], bias: bool, rngs: nnx.Rngs):
+    self.dtype = config.dtype
+    self.kernel = _param(rngs, kernel_shape, kernel_axes, config.param_dtype, "normal")
+    # The bias spans the kernel's output dims, i.e. all but the first (input) one.
+    self.bias = (_param(None, kernel_shape[1:], kernel_axes[1:], config.param_dtype, "zeros")
+                 if bias else None)
+
+  def __call__(self, equation: str, x: Array) -> Array:
+    y = jnp.einsum(equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class OutDense(Dense):
+  """o_proj: kernel [N, H, D]; its bias (Llama attention_bias) spans only the output D."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    super().__init__(config, kernel_shape=(config.num_heads, config.head_dim, config.hidden_size),
+                     kernel_axes=("heads", "head_dim", "embed"), bias=False, rngs=rngs)
+    self.bias = (_param(None, (config.hidden_size,), ("embed",), config.param_dtype, "zeros")
+                 if config.o_bias else None)
+
+
+def attend(q: Array, keys: Array, values: Array, mask: Array) -> Array:
+  """Grouped-query softmax attention, scores and softmax in float32.
+
+  Args:
+    q: [B, T, N, H] (RoPE applied).
+    keys, values: [B, S, K, H].
+    mask: [B, T, S] bool, True = query t may attend key slot s.
+  Returns:
+    [B, T, N, H] in q's dtype. A query with no valid key gets the uniform average (finite, and
+    ignored downstream because such queries are padding).
+  """
+  b, t, n, h = q.shape
+  k_heads = keys.shape[2]
+  chex.assert_shape(mask, (b, t, keys.shape[1]))
+  qg = q.reshape(b, t, k_heads, n // k_heads, h)                        # [B, T, K, G, H]
+  scores = jnp.einsum("btkgh,bskh->bkgts", qg, keys,
+                      preferred_element_type=jnp.float32) * (h ** -0.5)  # [B, K, G, T, S]
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, values)                   # [B, T, K, G, H]
+  return out.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+  """GQA self-attention with RoPE; writes its new keys/values for the caller to cache."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+    self.q_proj = Dense(config, kernel_shape=(d, n, h), kernel_axes=("embed", "heads", "head_dim"),
+                        bias=config.qkv_bias, rngs=rngs)
+    self.k_proj = Dense(config, kernel_shape=(d, k, h),
+                        kernel_axes=("embed", "kv_heads", "head_dim"), bias=config.qkv_bias,
+                        rngs=rngs)
+    self.v_proj = Dense(config, kernel_shape=(d, k, h),
+                        kernel_axes=("embed", "kv_heads", "head_dim"), bias=config.qkv_bias,
+                        rngs=rngs)
+    self.o_proj = OutDense(config, rngs=rngs)
+
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array,
+               cached: tuple[Array, Array, Array] | None) -> tuple[Array, Array, Array]:
+    """One attention block.
+
+    Args:
+      x: [B, T, D] normed input.
+      cos, sin: [B, T, H] rotation of the T new tokens.
+      mask: [B, T, S] bool.
+      cached: None, or (k_layer, v_layer: [B, S, K, H], index: int32 []) this layer's cache; the new
+        keys/values are placed at slots [index, index + T) before attending.
+    Returns:
+      (out [B, T, D], k_new, v_new [B, T, K, H]).
+    """
+    q = rope.apply_rope(self.q_proj("btd,dnh->btnh", x), cos, sin)
+    k = rope.apply_rope(self.k_proj("btd,dkh->btkh", x), cos, sin)
+    v = self.v_proj("btd,dkh->btkh", x)
+    q = constrain(q, ("act_batch", "act_length", "act_heads", "head_dim"))
+    if cached is None:
+      keys, values = k, v
+    else:
+      k_layer, v_layer, index = cached
+      keys = jax.lax.dynamic_update_slice(k_layer, k.astype(k_layer.dtype), (0, index, 0, 0))
+      values = jax.lax.dynamic_update_slice(v_layer, v.astype(v_layer.dtype), (0, index, 0, 0))
+    out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+    return self.o_proj("btnh,nhd->btd", out), k, v
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = config.hidden_size, config.intermediate_size
+    self.gate_proj = Dense(config, kernel_shape=(d, f), kernel_axes=("embed", "mlp"), bias=False,
+                           rngs=rngs)
+    self.up_proj = Dense(config, kernel_shape=(d, f), kernel_axes=("embed", "mlp"), bias=False,
+                         rngs=rngs)
+    self.down_proj = Dense(config, kernel_shape=(f, d), kernel_axes=("mlp", "embed"), bias=False,
+                           rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    """x: [B, T, D] -> [B, T, D]."""
+    hidden = jax.nn.silu(self.gate_proj("btd,df->btf", x)) * self.up_proj("btd,df->btf", x)
+    hidden = constrain(hidden, ("act_batch", "act_length", "act_mlp"))
+    return self.down_proj("btf,fd->btd", hidden)
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.input_layernorm = RMSNorm(config)
+    self.self_attn = Attention(config, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(config)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x, cos, sin, mask, cached):
+    """x: [B, T, D] -> ([B, T, D], k_new, v_new [B, T, K, H]); see `Attention`."""
+    attn_out, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, cached)
+    x = x + attn_out
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return constrain(x, ("act_batch", "act_length", "act_embed")), k, v
+
+
+class Embedding(nnx.Module):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.embedding = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"),
+                            config.param_dtype, "normal")
+
+
+def _attention_mask(attention_mask: Array, cache: KVCache | None) -> tuple[Array, Array | None]:
+  """Builds the [B, T, S] attention mask (and the cache's updated key_mask)."""
+  b, t = attention_mask.shape
+  if cache is None:
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    return causal[None] & attention_mask[:, None, :], None
+  key_mask = jax.lax.dynamic_update_slice(cache.key_mask, attention_mask, (0, cache.index))
+  slots = jnp.arange(cache.length)
+  query_slots = cache.index + jnp.arange(t)
+  causal = slots[None, :] <= query_slots[:, None]                # [T, S]
+  return causal[None] & key_mask[:, None, :], key_mask
+
+
+class CausalLM(nnx.Module):
+  """Decoder-only LM. See WORKSPACE.md "Model" for the call contract."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed_tokens = Embedding(config, rngs=rngs)
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0,
+              transform_metadata={nnx.PARTITION_NAME: "layers", "logical_axes": "layers"})
+    def make_layers(rngs: nnx.Rngs) -> DecoderLayer:
+      return DecoderLayer(config, rngs=rngs)
+
+    self.layers = make_layers(rngs)
+    self.norm = RMSNorm(config)
+    self.lm_head = (None if config.tie_word_embeddings else
+                    Dense(config, kernel_shape=(config.hidden_size, config.vocab_size),
+                          kernel_axes=("embed", "vocab"), bias=False, rngs=rngs))
+
+  def __call__(self, tokens: Array, *, positions: Array, attention_mask: Array,
+               cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+    """Runs the decoder over T new tokens.
+
+    Args:
+      tokens: [B, T] int32.
+      positions: [B, T] int32 RoPE positions (`cumsum(mask) - 1` for left padding).
+      attention_mask: [B, T] bool, True = real token.
+      cache: None (plain causal forward) or a `KVCache` the tokens are appended to.
+    Returns:
+      (hidden [B, T, D] after the final norm, updated cache or None).
+    """
+    hidden, cache, _ = self._forward(tokens, positions, attention_mask, cache, collect=False)
+    return hidden, cache
+
+  def hidden_states(self, tokens: Array, *, positions: Array, attention_mask: Array) -> Array:
+    """Residual stream before layer 0 and after each layer (no final norm): [L + 1, B, T, D]."""
+    _, _, stream = self._forward(tokens, positions, attention_mask, None, collect=True)
+    return stream
+
+  def unembedding(self) -> Array:
+    """[D, V]: the tied embedding transposed, or the lm_head kernel."""
+    if self.lm_head is None:
+      return self.embed_tokens.embedding[...].T
+    return self.lm_head.kernel[...]
+
+  def logits(self, hidden: Array) -> Array:
+    """hidden: [B, T, D] -> logits [B, T, V] float32 (matmul accumulated in float32)."""
+    unembed = self.unembedding().astype(hidden.dtype)
+    logits = jnp.einsum("btd,dv->btv", hidden, unembed, preferred_element_type=jnp.float32)
+    return constrain(logits, ("act_batch", "act_length", "act_vocab"))
+
+  def _forward(self, tokens, positions, attention_mask, cache, *, collect: bool):
+    config = self.config
+    chex.assert_rank([tokens, positions, attention_mask], 2)
+    chex.assert_equal_shape([tokens, positions, attention_mask])
+    chex.assert_type([tokens, positions], int)
+    attention_mask = attention_mask.astype(bool)
+
+    x = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(config.dtype)
+    x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    inv_freq = rope.inverse_frequencies(head_dim=config.head_dim, theta=config.rope_theta,
+                                        scaling=config.rope_scaling)
+    cos, sin = rope.rope_angles(positions, inv_freq)
+    mask, key_mask = _attention_mask(attention_mask, cache)
+
+    graphdef, layer_state = nnx.split(self.layers)
+    kv = None if cache is None else (cache.k, cache.v)
+    index = None if cache is None else cache.index
+
+    def body(carry, xs):
+      x, kv = carry
+      layer_index, state = xs
+      layer = nnx.merge(graphdef, state)
+      cached = None
+      if kv is not None:
+        cached = (kv[0][layer_index], kv[1][layer_index], index)
+      x, k_new, v_new = layer(x, cos, sin, mask, cached)
+      if kv is not None:
+        at = (layer_index, 0, index, 0, 0)
+        kv = (jax.lax.dynamic_update_slice(kv[0], k_new[None].astype(kv[0].dtype), at),
+              jax.lax.dynamic_update_slice(kv[1], v_new[None].astype(kv[1].dtype), at))
+      return (x, kv), (x if collect else None)
+
+    policy = config.remat.checkpoint_policy
+    if config.remat is not RematPolicy.NONE:
+      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
+    (x, kv), stream = jax.lax.scan(body, (x, kv), (layer_ids, layer_state))
+
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(k=kv[0], v=kv[1], key_mask=key_mask,
+                          index=cache.index + tokens.shape[1])
+    if collect:
+      embedded = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(config.dtype)
+      stream = jnp.concatenate([embedded[None], stream], axis=0)
+    return self.norm(x), new_cache, stream
