@@ -27,7 +27,8 @@ def test_every_schema_parses(tmp_path):
   gpqa.write_text(json.dumps([{"problem": "Which?\nA. x\nB. y", "answer": "B"}]))
   arc = _jsonl(tmp_path / "arc_c.jsonl", [{
       "id": "Mercury_1", "question": "Why?", "answerKey": "C",
-      "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}}])
+      "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}},
+      {"id": "Mercury_2", "question": "How?", "answerKey": "2", "choices": {"text": ["u", "v"], "label": ["1", "2"]}}])
   builtin = _jsonl(tmp_path / "builtin.jsonl", [{
       "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "2+3=?"}],
       "reward_model": {"ground_truth": "5"}, "extra_info": {"index": 11, "level": 2}}])
@@ -42,8 +43,10 @@ def test_every_schema_parses(tmp_path):
   assert o.answer == ("3", "4") and o.question == "Q"
   (g,) = bm.load_benchmark("gpqa_diamond", gpqa)
   assert g.answer == "B" and g.problem_id == "0" and bm.get_benchmark("gpqa_diamond").grading == bm.Grading.CHOICE
-  (a,) = bm.load_benchmark("arc_c", arc)
+  (a, a_numeric) = bm.load_benchmark("arc_c", arc)
   assert a.question == "Why?\nA. a\nB. b\nC. c" and a.answer == "C"
+  # Some ARC rows label options "1".."4": shown and graded as letters.
+  assert a_numeric.question == "How?\nA. u\nB. v" and a_numeric.answer == "B"
   (b,) = bm.load_benchmark("builtin", builtin)
   assert (b.question, b.answer, b.problem_id, b.level) == ("2+3=?", "5", "11", "2")
   assert bm.find_benchmark_file(tmp_path, "amc") == amc
@@ -88,6 +91,10 @@ def test_malformed_files_and_rows_name_file_and_row(tmp_path):
   bad_choices = _jsonl(tmp_path / "e.jsonl", [{"question": "q", "answerKey": "A", "choices": {"text": ["x"]}}])
   with pytest.raises(ValueError, match=r"e\.jsonl: row 0 choices"):
     bm.load_benchmark("arc_c", bad_choices)
+  not_letter = tmp_path / "h.json"
+  not_letter.write_text(json.dumps([{"problem": "p\nA. x", "answer": "A"}, {"problem": "q", "answer": "42"}]))
+  with pytest.raises(ValueError, match=r"h\.json: row 1: multiple-choice answer must be an option letter"):
+    bm.load_benchmark("gpqa_diamond", not_letter)
   not_list = tmp_path / "f.json"
   not_list.write_text('{"problem": "p"}')
   with pytest.raises(ValueError, match=r"f\.json: expected a JSON list"):

@@ -184,6 +184,7 @@ def _read_rows(path: pathlib.Path) -> list[Any]:
 
 
 _MISSING = object()
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def _lookup(row: Mapping, dotted: str) -> Any:
@@ -229,8 +230,15 @@ def _inline_choices(question: str, choices: Any, *, what: str) -> str:
           and isinstance(choices.get("label"), list) and len(choices["text"]) == len(choices["label"])
           and choices["text"]):
     raise ValueError(f"{what}: choices must be {{'text': [...], 'label': [...]}} of equal, non-zero length")
-  lines = [f"{label}. {text}" for label, text in zip(choices["label"], choices["text"])]
+  lines = [f"{_LETTERS[i]}. {text}" for i, text in enumerate(choices["text"])]
   return question.rstrip() + "\n" + "\n".join(lines)
+
+
+def _choice_letter(key: str, choices: Any) -> str:
+  """The option letter of an answer key; ARC keys some rows "1".."4", which become "A".."D"."""
+  if isinstance(choices, Mapping) and key in choices.get("label", []):
+    return _LETTERS[list(choices["label"]).index(key)]
+  return key.strip().upper()
 
 
 def _parse_row(spec: BenchmarkSpec, row: Any, *, index: int, where: str) -> Problem:
@@ -259,6 +267,13 @@ def _parse_row(spec: BenchmarkSpec, row: Any, *, index: int, where: str) -> Prob
       raise ValueError(f"{what}: empty answer")
   if not question.strip():
     raise ValueError(f"{what}: empty question")
+  if spec.grading is Grading.CHOICE:
+    if not isinstance(answer, str):
+      raise ValueError(f"{what}: a multiple-choice answer must be one option, got {list(answer)}")
+    choices = _lookup(row, spec.choices_field) if spec.choices_field is not None else None
+    answer = _choice_letter(answer, choices)
+    if len(answer) != 1 or answer not in _LETTERS:
+      raise ValueError(f"{what}: multiple-choice answer must be an option letter, got {answer!r}")
   problem_id = _first(row, spec.id_fields)
   problem_id = str(index) if problem_id is _MISSING else _as_text(problem_id, what=f"{what} id")
   level = _first(row, spec.level_fields)
