@@ -1,0 +1,43 @@
+"""Rollout engine: sampling strategies, the jitted prefill + while-loop decoder, a host wrapper."""
+
+from hpt_jax.sampling.loop import DecodeModel
+from hpt_jax.sampling.loop import FinishReason
+from hpt_jax.sampling.loop import SampleOutput
+from hpt_jax.sampling.loop import generate
+from hpt_jax.sampling.loop import jit_sample
+from hpt_jax.sampling.loop import left_pad_positions
+from hpt_jax.sampling.loop import repeat_prompts
+from hpt_jax.sampling.loop import row_keys
+from hpt_jax.sampling.loop import sample
+from hpt_jax.sampling.sampler import Buckets
+from hpt_jax.sampling.sampler import Rollouts
+from hpt_jax.sampling.sampler import Sampler
+from hpt_jax.sampling.sampler import left_pad
+from hpt_jax.sampling.strategies import Categorical
+from hpt_jax.sampling.strategies import Greedy
+from hpt_jax.sampling.strategies import Strategy
+from hpt_jax.sampling.strategies import make_strategy
+from hpt_jax.sampling.strategies import top_k_logits
+from hpt_jax.sampling.strategies import top_p_logits
+
+__all__ = [
+    "Buckets",
+    "Categorical",
+    "DecodeModel",
+    "FinishReason",
+    "Greedy",
+    "Rollouts",
+    "SampleOutput",
+    "Sampler",
+    "Strategy",
+    "generate",
+    "jit_sample",
+    "left_pad",
+    "left_pad_positions",
+    "make_strategy",
+    "repeat_prompts",
+    "row_keys",
+    "sample",
+    "top_k_logits",
+    "top_p_logits",
+]
