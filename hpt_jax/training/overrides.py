@@ -118,10 +118,21 @@ def _parse_int(text: str) -> int:
 
 
 def _replace_path(node: Any, parts: Sequence[str], raw: str, *, prefix: str) -> Any:
+  head = parts[0]
+  if isinstance(node, tuple) and all(dataclasses.is_dataclass(v) for v in node):
+    # A tuple of sections (e.g. training phases) is indexed by position: `phases.1.steps=5`.
+    path = f"{prefix}.{head}"
+    if not head.isdigit() or int(head) >= len(node):
+      raise ConfigError(f"{path}: {prefix} has {len(node)} entries, index with 0..{len(node) - 1}")
+    if len(parts) == 1:
+      raise ConfigError(f"{path}: is a config section; set one of its fields, e.g. {path}.<field>=...")
+    items = list(node)
+    items[int(head)] = _replace_path(node[int(head)], parts[1:], raw, prefix=path)
+    return tuple(items)
   if not dataclasses.is_dataclass(node):
     raise ConfigError(f"{prefix}: is not a config section, cannot set {'.'.join(parts)} inside it")
   names = [f.name for f in dataclasses.fields(node)]
-  head, rest = parts[0], parts[1:]
+  rest = parts[1:]
   path = f"{prefix}.{head}" if prefix else head
   if head not in names:
     raise ConfigError(f"unknown config field {path!r}; fields here: {', '.join(names)}")

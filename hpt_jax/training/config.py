@@ -1,0 +1,334 @@
+"""`TrainConfig`: one frozen tree holding everything a training run needs, and its validation.
+
+The tree composes the other packages' own configs where they exist (`ModelConfig`, `OptimConfig`,
+the UPGE algorithm dataclasses, `CheckpointConfig`, `LoggingConfig`) with small sections for the
+rest. Every leaf is overridable from the command line (`--set optim.learning_rate=1e-6`,
+`--set phases.0.algorithm.entropy_coeff=0`, see `overrides.py`), and `with_algorithm` swaps in a
+baseline from the UPGE table.
+
+`validate` runs before anything is compiled or loaded and refuses impossible runs with a
+`ConfigError` naming the field: a batch the mesh cannot split, a response bucket beyond the model's
+positions, missing files, an unknown algorithm.
+
+SFT→GRPO is two `Phase`s of one run: the loop runs `phases[0].steps` steps of the first algorithm,
+then the next phase, with one step counter, one checkpoint directory and one metrics file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any
+
+from hpt_jax.hybrid import DemoLoss, HardGate, Threshold
+from hpt_jax.models import ModelConfig, presets
+from hpt_jax.training.checkpoint import CheckpointConfig
+from hpt_jax.training.metrics import LoggingConfig
+from hpt_jax.training.optimizer import OptimConfig
+from hpt_jax.training.overrides import ConfigError, apply_overrides
+from hpt_jax.upge import algorithms
+
+_section = dataclasses.dataclass(frozen=True, kw_only=True)
+
+
+@_section
+class ModelSource:
+  """Which model to post-train.
+
+  Attributes:
+    config: the architecture when starting from random weights (`hf_dir` unset).
+    hf_dir: a Hugging Face `save_pretrained` directory to start from (its config.json wins over
+      `config`, except for the rope overrides below).
+    tokenizer_dir: a `transformers` tokenizer directory; default `hf_dir`, or the built-in task's
+      tokenizer when training on the built-in task.
+    rope_theta, max_position_embeddings: overrides applied on top of `hf_dir`'s config (HPT's 7B
+      recipe: 40000 and 16384); None keeps the file's values.
+  """
+  config: ModelConfig = presets.tiny()
+  hf_dir: pathlib.Path | None = None
+  tokenizer_dir: pathlib.Path | None = None
+  rope_theta: float | None = None
+  max_position_embeddings: int | None = None
+
+
+@_section
+class DataConfig:
+  """Training data.
+
+  Attributes:
+    train_file: parquet/jsonl in the OpenR1-Math-46k schema; None uses the built-in arithmetic task.
+    builtin_problems: number of generated problems of the built-in task.
+    builtin_levels: difficulty levels of the built-in task.
+    builtin_seed: seed of the built-in task's generator.
+    max_prompt_length: prompts longer than this (after templating) are dropped.
+    max_response_length: rollouts stop and demonstrations are truncated here (8192 in the paper).
+    shuffle_seed: seed of the resumable data sampler (47 in the official code).
+  """
+  train_file: pathlib.Path | None = None
+  builtin_problems: int = 2048
+  builtin_levels: tuple[int, ...] = (1, 2, 3, 4, 5)
+  builtin_seed: int = 0
+  max_prompt_length: int = 1024
+  max_response_length: int = 8192
+  shuffle_seed: int = 47
+
+
+@_section
+class SamplingConfig:
+  """Rollouts: n samples per prompt at temperature / top-p / top-k, in static length buckets.
+
+  Attributes:
+    rollouts_per_prompt: n (8 in the paper).
+    temperature, top_p, top_k: the sampling distribution (1.0 / 1.0 / 0 = off in the paper).
+    prompt_buckets: allowed padded prompt lengths (each <= data.max_prompt_length is useful).
+    response_buckets: allowed response lengths; the largest must reach data.max_response_length.
+  """
+  rollouts_per_prompt: int = 8
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  prompt_buckets: tuple[int, ...] = (256, 512, 1024)
+  response_buckets: tuple[int, ...] = (1024, 4096, 8192)
+
+
+@_section
+class GateConfig:
+  """HPT's hard gate: a question goes to its demonstration when correct ≤ γ.
+
+  Attributes:
+    gamma_count: γ as a count of correct rollouts (0 for Qwen, 2 for Llama); set this or
+      gamma_fraction.
+    gamma_fraction: γ as a fraction of n (P ≤ γ).
+    demo_sft_weight, demo_off_policy_weight: what acts on a demonstration row (SFT/ON = 1, 0;
+      OFF/ON = 0, 1; Mix/ON = 0.1, 1.0).
+    drop_demo_questions: never revisit questions once sent to SFT (`remove_sfted_data`).
+  """
+  gamma_count: int | None = 0
+  gamma_fraction: float | None = None
+  demo_sft_weight: float = 1.0
+  demo_off_policy_weight: float = 0.0
+  drop_demo_questions: bool = False
+
+  def build(self) -> HardGate:
+    try:
+      threshold = Threshold(fraction=self.gamma_fraction, count=self.gamma_count)
+      demo = DemoLoss(sft=self.demo_sft_weight, off_policy=self.demo_off_policy_weight)
+    except ValueError as e:
+      raise ConfigError(f"gate: {e} (set exactly one of gate.gamma_count / gate.gamma_fraction)") from e
+    return HardGate(threshold=threshold, demo=demo)
+
+
+@_section
+class BatchConfig:
+  """How a step's rows become optimizer steps.
+
+  Attributes:
+    prompts_per_step: questions sampled per training step (128 in the paper).
+    rows_per_optimizer_step: rows per mini-batch, one optimizer step each (512 in the paper: 2
+      optimizer steps per 1,024 all-RL rows; SFT rows replace n rollouts by one, so fewer).
+    rows_per_micro_batch: rows per gradient-accumulation micro-batch; divides by the mesh's
+      batch size (data × fsdp) and divides rows_per_optimizer_step.
+  """
+  prompts_per_step: int = 128
+  rows_per_optimizer_step: int = 512
+  rows_per_micro_batch: int = 64
+
+
+@_section
+class MeshConfig:
+  """Device mesh `data × fsdp × tensor`; -1 in one axis takes the remaining devices."""
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+  def shape(self, num_devices: int) -> tuple[int, int, int]:
+    sizes = [self.data, self.fsdp, self.tensor]
+    names = ["mesh.data", "mesh.fsdp", "mesh.tensor"]
+    if sizes.count(-1) > 1:
+      raise ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(names, sizes))}")
+    for name, size in zip(names, sizes):
+      if size != -1 and size < 1:
+        raise ConfigError(f"{name} must be >= 1 or -1, got {size}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+      if num_devices % known:
+        raise ConfigError(f"mesh: {num_devices} devices do not divide by the fixed axes "
+                          f"{dict(zip(names, sizes))}")
+      sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+      raise ConfigError(f"mesh: data × fsdp × tensor = {math.prod(sizes)} but {num_devices} devices "
+                        "are available")
+    return tuple(sizes)
+
+
+@_section
+class ValidationConfig:
+  """Periodic validation on held-out problems with the evaluator.
+
+  Attributes:
+    every_steps: validate every this many steps (0 = never); also before training when
+      `before_training`.
+    num_problems: held-out problems (from the built-in task, or `file`).
+    samples_per_problem: n_val (8 in the official code).
+    temperature: 0.6 in the official code (top-p 1.0, as its validation path really ran).
+    file: a benchmark file in a public schema; None uses held-out built-in problems.
+  """
+  every_steps: int = 10
+  before_training: bool = False
+  num_problems: int = 32
+  samples_per_problem: int = 1
+  temperature: float = 0.6
+  file: pathlib.Path | None = None
+
+
+@_section
+class Phase:
+  """One phase of training: an algorithm from the UPGE table run for `steps` steps."""
+  algorithm: Any = algorithms.Hpt()
+  steps: int = 500
+
+
+@_section
+class TrainConfig:
+  """Everything a run needs; see the module docstring."""
+  model: ModelSource = ModelSource()
+  data: DataConfig = DataConfig()
+  sampling: SamplingConfig = SamplingConfig()
+  gate: GateConfig = GateConfig()
+  batch: BatchConfig = BatchConfig()
+  mesh: MeshConfig = MeshConfig()
+  optim: OptimConfig = OptimConfig()
+  phases: tuple[Phase, ...] = (Phase(),)
+  validation: ValidationConfig = ValidationConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  logging: LoggingConfig = LoggingConfig()
+  seed: int = 0
+
+  @property
+  def total_steps(self) -> int:
+    return sum(p.steps for p in self.phases)
+
+  def phase_at(self, step: int) -> tuple[int, Phase]:
+    """(index, phase) that runs training step `step` (0-based)."""
+    end = 0
+    for i, phase in enumerate(self.phases):
+      end += phase.steps
+      if step < end:
+        return i, phase
+    raise ValueError(f"step {step} is past the last phase (total {self.total_steps} steps)")
+
+
+def with_algorithm(config: TrainConfig, name: str) -> TrainConfig:
+  """Runs every phase with the named baseline from the UPGE table, at its default hyperparameters.
+
+  Raises:
+    ConfigError: naming `algorithm` and listing the known names when `name` is not in the table.
+  """
+  try:
+    algorithm = algorithms.make_algorithm(name)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  return dataclasses.replace(
+      config, phases=tuple(dataclasses.replace(p, algorithm=algorithm) for p in config.phases))
+
+
+def algorithm_name(algorithm: Any) -> algorithms.AlgorithmName:
+  """The table name of an algorithm instance."""
+  for name, cls in algorithms.ALGORITHMS.items():
+    if type(algorithm) is cls:
+      return name
+  known = ", ".join(n.value for n in algorithms.AlgorithmName)
+  raise ConfigError(f"algorithm: {type(algorithm).__name__} is not in the UPGE table; known: {known}")
+
+
+def resolve_model_config(source: ModelSource) -> ModelConfig:
+  """The architecture to build: `hf_dir`'s config.json (with the rope overrides) or `config`."""
+  if source.hf_dir is None:
+    config = source.config
+  else:
+    config_file = pathlib.Path(source.hf_dir) / "config.json"
+    if not config_file.is_file():
+      raise ConfigError(f"model.hf_dir: {str(config_file)!r} does not exist")
+    config = ModelConfig.from_hf_config(json.loads(config_file.read_text()))
+  changes = {}
+  if source.rope_theta is not None:
+    changes["rope_theta"] = source.rope_theta
+  if source.max_position_embeddings is not None:
+    changes["max_position_embeddings"] = source.max_position_embeddings
+  return config.replace(**changes) if changes else config
+
+
+def _require_file(path: pathlib.Path | None, field: str) -> None:
+  if path is not None and not pathlib.Path(path).exists():
+    raise ConfigError(f"{field}: {str(path)!r} does not exist")
+
+
+def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
+  """Refuses impossible runs before anything is built; returns the resolved model config.
+
+  Raises:
+    ConfigError: naming the field.
+  """
+  _require_file(config.model.hf_dir, "model.hf_dir")
+  _require_file(config.model.tokenizer_dir, "model.tokenizer_dir")
+  _require_file(config.data.train_file, "data.train_file")
+  _require_file(config.validation.file, "validation.file")
+  model = resolve_model_config(config.model)
+  for i, phase in enumerate(config.phases):
+    algorithm_name(phase.algorithm)
+    if phase.steps < 0:
+      raise ConfigError(f"phases.{i}.steps must be >= 0, got {phase.steps}")
+  if not config.phases or config.total_steps < 1:
+    raise ConfigError("phases: the run needs at least one phase with steps >= 1")
+
+  data, sampling, batch = config.data, config.sampling, config.batch
+  if max(sampling.response_buckets) < data.max_response_length:
+    raise ConfigError(f"sampling.response_buckets: the largest bucket {max(sampling.response_buckets)} "
+                      f"is below data.max_response_length={data.max_response_length}")
+  if max(sampling.prompt_buckets) < data.max_prompt_length:
+    raise ConfigError(f"sampling.prompt_buckets: the largest bucket {max(sampling.prompt_buckets)} "
+                      f"is below data.max_prompt_length={data.max_prompt_length}")
+  longest = data.max_prompt_length + data.max_response_length
+  if longest > model.max_position_embeddings:
+    raise ConfigError(
+        f"data.max_response_length: prompt ({data.max_prompt_length}) + response "
+        f"({data.max_response_length}) = {longest} tokens exceed the model's "
+        f"max_position_embeddings={model.max_position_embeddings} (raise "
+        "model.max_position_embeddings, or shorten the response bucket)")
+  for name in ("rollouts_per_prompt",):
+    if getattr(sampling, name) < 1:
+      raise ConfigError(f"sampling.{name} must be >= 1, got {getattr(sampling, name)}")
+  for name in ("prompts_per_step", "rows_per_optimizer_step", "rows_per_micro_batch"):
+    if getattr(batch, name) < 1:
+      raise ConfigError(f"batch.{name} must be >= 1, got {getattr(batch, name)}")
+
+  data_axis, fsdp, _ = config.mesh.shape(num_devices)
+  batch_shards = data_axis * fsdp
+  if batch.rows_per_micro_batch % batch_shards:
+    raise ConfigError(
+        f"batch.rows_per_micro_batch={batch.rows_per_micro_batch} is not divisible by the mesh's "
+        f"batch shards (mesh.data × mesh.fsdp = {data_axis} × {fsdp} = {batch_shards})")
+  if batch.rows_per_optimizer_step % batch.rows_per_micro_batch:
+    raise ConfigError(
+        f"batch.rows_per_optimizer_step={batch.rows_per_optimizer_step} is not a multiple of "
+        f"batch.rows_per_micro_batch={batch.rows_per_micro_batch}")
+  rollout_rows = batch.prompts_per_step * sampling.rollouts_per_prompt
+  if rollout_rows % batch_shards:
+    raise ConfigError(
+        f"batch.prompts_per_step: {batch.prompts_per_step} prompts × {sampling.rollouts_per_prompt} "
+        f"rollouts = {rollout_rows} rows are not divisible by the mesh's batch shards ({batch_shards})")
+  config.gate.build()
+  if config.validation.every_steps < 0:
+    raise ConfigError(f"validation.every_steps must be >= 0, got {config.validation.every_steps}")
+  return model
+
+
+def build_config(base: TrainConfig, *, algorithm: str | None = None,
+                 overrides: tuple[str, ...] = ()) -> TrainConfig:
+  """`base` with the `--algorithm` choice, then the `--set` overrides, applied."""
+  if not isinstance(base, TrainConfig):
+    raise ConfigError(f"config: get_config() returned {type(base).__name__}, expected TrainConfig")
+  config = with_algorithm(base, algorithm) if algorithm else base
+  return apply_overrides(config, overrides)

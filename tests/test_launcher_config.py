@@ -1,0 +1,87 @@
+"""TrainConfig: shipped configs parse and validate; each impossible configuration is refused by field."""
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from hpt_jax.training import config as c
+from hpt_jax.training.overrides import ConfigError, load_config_file
+from hpt_jax.upge import algorithms
+
+_CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "experiments" / "configs").glob("*.py"))
+
+
+@pytest.fixture
+def tiny():
+  return load_config_file(pathlib.Path(__file__).parents[1] / "experiments/configs/builtin_tiny.py")
+
+
+@pytest.mark.parametrize("path", _CONFIGS, ids=[p.stem for p in _CONFIGS])
+def test_every_shipped_config_parses(path):
+  cfg = load_config_file(path)
+  assert isinstance(cfg, c.TrainConfig)
+  c.algorithm_name(cfg.phases[0].algorithm)
+
+
+def test_builtin_tiny_validates_on_8_devices(tiny):
+  model = c.validate(tiny, num_devices=8)
+  assert model.vocab_size == 512
+  assert c.algorithm_name(tiny.phases[0].algorithm) is algorithms.AlgorithmName.HPT
+  assert tiny.mesh.shape(8) == (8, 1, 1)
+
+
+def test_algorithm_flag_and_overrides(tiny):
+  cfg = c.build_config(tiny, algorithm="grpo", overrides=(
+      "optim.learning_rate=1e-6", "phases.0.algorithm.epsilon_high=0.28", "phases.0.steps=3"))
+  assert isinstance(cfg.phases[0].algorithm, algorithms.Grpo)
+  assert cfg.phases[0].algorithm.epsilon_high == 0.28
+  assert cfg.optim.learning_rate == 1e-6 and cfg.total_steps == 3
+
+
+def test_two_phase_config_steps_map_to_phases(tiny):
+  cfg = dataclasses.replace(tiny, phases=(c.Phase(algorithm=algorithms.Sft(), steps=2),
+                                          c.Phase(algorithm=algorithms.Grpo(), steps=3)))
+  assert [cfg.phase_at(s)[0] for s in range(5)] == [0, 0, 1, 1, 1]
+  with pytest.raises(ValueError, match="past the last phase"):
+    cfg.phase_at(5)
+  with pytest.raises(ConfigError, match=r"phases\.2"):
+    c.build_config(cfg, overrides=("phases.2.steps=1",))
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (("batch.rows_per_micro_batch=12",), "batch.rows_per_micro_batch"),
+    (("batch.prompts_per_step=3", "sampling.rollouts_per_prompt=1"), "batch.prompts_per_step"),
+    (("batch.rows_per_optimizer_step=48",), "batch.rows_per_optimizer_step"),
+    (("sampling.response_buckets=(512,)", "data.max_response_length=512"), "data.max_response_length"),
+    (("data.max_response_length=128",), "sampling.response_buckets"),
+    (("data.train_file=/nonexistent/train.parquet",), "data.train_file"),
+    (("model.hf_dir=/nonexistent/model",), "model.hf_dir"),
+    (("model.tokenizer_dir=/nonexistent/tok",), "model.tokenizer_dir"),
+    (("validation.file=/nonexistent/math500.jsonl",), "validation.file"),
+    (("mesh.tensor=3",), "mesh"),
+    (("gate.gamma_fraction=0.25",), "gate"),
+    (("phases.0.steps=-1",), "phases.0.steps"),
+    (("optim.nonexistent=1",), "optim.nonexistent"),
+])
+def test_impossible_configurations_are_refused_naming_the_field(tiny, overrides, field):
+  with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    c.validate(c.build_config(tiny, overrides=overrides), num_devices=8)
+
+
+def test_unknown_algorithm_lists_the_known_ones(tiny):
+  with pytest.raises(ConfigError, match="algorithm.*'ppg'.*known: .*hpt"):
+    c.build_config(tiny, algorithm="ppg")
+
+
+def test_max_positions_from_hf_dir_and_rope_override(tiny, tmp_path):
+  import json
+  hf = tiny.model.config.to_hf_config()
+  hf["max_position_embeddings"] = 128
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  cfg = c.build_config(tiny, overrides=(f"model.hf_dir={tmp_path}",))
+  with pytest.raises(ConfigError, match="max_position_embeddings=128"):
+    c.validate(cfg, num_devices=8)
+  cfg = c.build_config(cfg, overrides=("model.max_position_embeddings=4096", "model.rope_theta=40000"))
+  model = c.validate(cfg, num_devices=8)
+  assert (model.max_position_embeddings, model.rope_theta) == (4096, 40000.0)
