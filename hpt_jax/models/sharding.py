@@ -64,18 +64,18 @@ def make_mesh(*, data: int = 1, fsdp: int = 1, tensor: int = 1,
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
-                    mesh: Mesh | Any, *,
+                    mesh: Mesh | Mapping[str, int], *,
                     rules: Mapping[str, Any] = LOGICAL_RULES) -> PartitionSpec:
   """Maps logical names to a PartitionSpec, dropping mesh axes that do not divide the dimension.
 
   Args:
     logical_axes: one name (or None) per array dimension.
     shape: the array shape.
-    mesh: a Mesh or AbstractMesh (only axis sizes are read).
+    mesh: a Mesh, an AbstractMesh, or a mapping axis name -> size (only sizes are read).
   """
   if len(logical_axes) != len(shape):
     raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
-  sizes = dict(mesh.shape)
+  sizes = dict(mesh) if isinstance(mesh, Mapping) else dict(mesh.shape)
   used: set[str] = set()
   spec = []
   for name, dim in zip(logical_axes, shape):
