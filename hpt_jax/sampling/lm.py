@@ -1,0 +1,55 @@
+"""The `DecodeModel` over the Flax `CausalLM`: merges the trainer's parameter state into the graph
+inside the jitted loop and returns last-position logits only.
+
+Only the last position's logits are computed: for a real vocabulary (V ~ 150k) the full [B, P, V]
+prefill logits would dominate memory, and under left padding the last prompt slot is always a real
+token, so it is the only one the sampler needs.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+from hpt_jax.models import CausalLM, KVCache, ModelConfig, init_cache
+from hpt_jax.models import sharding as model_sharding
+from hpt_jax.typing import Array
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLMDecoder:
+  """Hashable (graphdef, config) pair: a static argument of the jitted loop; params stay arguments.
+
+  Attributes:
+    graphdef: `nnx.split(model)[0]` of a `CausalLM`.
+    config: the model's config (cache shape and dtype).
+    cache_dtype: KV cache dtype; None = the config's compute dtype.
+  """
+
+  graphdef: nnx.GraphDef
+  config: ModelConfig
+  cache_dtype: Any = None
+
+  @classmethod
+  def from_model(cls, model: CausalLM, *, cache_dtype: Any = None) -> tuple["CausalLMDecoder", nnx.State]:
+    """Splits a model into the decoder and its parameter state (the arrays are shared, not copied)."""
+    graphdef, params = nnx.split(model)
+    return cls(graphdef, model.config, cache_dtype), params
+
+  def init_cache(self, *, batch: int, length: int) -> KVCache:
+    cache = init_cache(self.config, batch=batch, length=length, dtype=self.cache_dtype)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+      return cache
+    # Under a mesh, pin the cache layout (batch over data/fsdp, KV heads over tensor) from the model's
+    # rules table, so the while-loop carry keeps it instead of whatever propagation picks.
+    specs = model_sharding.cache_shardings(cache, mesh)
+    return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, s.spec), cache, specs)
+
+  def __call__(self, params: nnx.State, tokens: Array, *, positions: Array, attention_mask: Array,
+               cache: KVCache) -> tuple[Array, KVCache]:
+    """tokens/positions/attention_mask: [B, T'] -> ([B, V] float32 last-position logits, cache)."""
+    model = nnx.merge(self.graphdef, params)
+    hidden, cache = model(tokens, positions=positions, attention_mask=attention_mask, cache=cache)
+    return model.logits(hidden[:, -1:])[:, 0], cache
