@@ -65,7 +65,7 @@ def as_mask(mask: ArrayLike, *, shape: Sequence[int] | None = None, name: str) -
     bad = (values != 0) & (values != 1)
     if bad.any():
       where = tuple(int(i) for i in np.argwhere(bad)[0])
-      raise ValueError(f"{name}: must be boolean or in {{0, 1}}; found {values[where]!r} at index {where}")
+      raise ValueError(f"{name}: must be boolean or in {{0, 1}}; found {values[where].item()!r} at index {where}")
   return jnp.asarray(mask) != 0
 
 
