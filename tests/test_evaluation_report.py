@@ -92,3 +92,24 @@ def test_plot_pass_at_k_writes_png(tmp_path):
   # Curves drawn: plenty of non-white pixels of more than one colour.
   rgb = image[..., :3].reshape(-1, 3)
   assert len(np.unique(np.round(rgb[(rgb < 0.9).any(1)], 1), axis=0)) > 2
+
+
+def test_compare_runs_from_result_files(tmp_path):
+  from hpt_jax.evaluation import compare
+  proto = bm.Protocol(num_samples=1)
+  runs = {"HPT": [1, 1, 0, 1], "GRPO": [1, 0, 1, 0]}  # correct flag of problems 0..3
+  for name, flags in runs.items():
+    with res.ResultWriter(tmp_path / name, "math500", proto) as w:
+      for i, c in enumerate(flags):
+        w.write(_result(str(i), [c], level=str(1 + i % 2)))
+  with res.ResultWriter(tmp_path / "HPT", "aime24", proto) as w:  # only one run has it: left out
+    w.write(_result("0", [1], bench="aime24"))
+  paths = compare.compare_runs({n: tmp_path / n for n in runs}, tmp_path / "cmp")
+  table = paths.table_md.read_text().splitlines()
+  assert table[0] == "| Model | MATH-500 | ID Avg |"
+  assert table[2:] == ["| HPT | 75.0 | 75.0 |", "| GRPO | 50.0 | 50.0 |"]
+  # Level 1 = problems 0, 2: HPT solves {0}, GRPO {0, 2}; level 2 = problems 1, 3: HPT {1, 3}, GRPO {}.
+  assert "| GRPO | +0/−1 | +2/−0 | +2/−1 |" in paths.exclusive_md.read_text()
+  assert paths.plot.is_file()
+  with pytest.raises(ValueError, match="at least two runs"):
+    compare.compare_runs({"HPT": tmp_path / "HPT"}, tmp_path / "cmp")
