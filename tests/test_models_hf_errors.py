@@ -1,0 +1,86 @@
+"""Corrupted or mismatched checkpoints fail with an error that names the offending key."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from hpt_jax.models import CausalLM, hf_io, presets, safetensors_io
+
+Q_WEIGHT = "model.layers.1.self_attn.q_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  """A valid 2-layer tiny Qwen2 checkpoint written by our exporter."""
+  path = tmp_path_factory.mktemp("ckpt") / "good"
+  config = presets.tiny(num_layers=2, hidden_size=64, intermediate_size=96, num_heads=4,
+                        num_kv_heads=2, head_dim=16, vocab_size=64)
+  hf_io.save_pretrained(CausalLM(config, rngs=nnx.Rngs(0)), path)
+  return path
+
+
+def _rewrite(src, dst, edit):
+  """Copies checkpoint `src` to `dst`, passing its {name: array} through `edit` first."""
+  shutil.copytree(src, dst)
+  handle = safetensors_io.SafetensorsFile(src / hf_io.SINGLE_FILE)
+  tensors = edit({name: np.array(handle.tensor(name)) for name in handle.keys()})
+  safetensors_io.write_file(dst / hf_io.SINGLE_FILE,
+                            [(k, v.shape, v.dtype, lambda v=v: v) for k, v in tensors.items()])
+  return dst
+
+
+def test_valid_checkpoint_loads(checkpoint):
+  model = hf_io.load_pretrained(checkpoint)
+  assert model.config.num_layers == 2
+
+
+def test_missing_tensor_is_named(checkpoint, tmp_path):
+  def drop(tensors):
+    del tensors[Q_WEIGHT]
+    return tensors
+  with pytest.raises(hf_io.CheckpointError, match=rf"missing tensors: \['{Q_WEIGHT}'\]"):
+    hf_io.load_pretrained(_rewrite(checkpoint, tmp_path / "bad", drop))
+
+
+def test_wrong_shape_is_named(checkpoint, tmp_path):
+  def truncate(tensors):
+    tensors[Q_WEIGHT] = np.ascontiguousarray(tensors[Q_WEIGHT][:, :32])
+    return tensors
+  with pytest.raises(hf_io.CheckpointError,
+                     match=rf"{Q_WEIGHT}: checkpoint \(64, 32\), model expects \(64, 64\)"):
+    hf_io.load_pretrained(_rewrite(checkpoint, tmp_path / "bad", truncate))
+
+
+def test_unknown_extra_tensor_is_named(checkpoint, tmp_path):
+  def add(tensors):
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.zeros(8, np.float32)
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # tied model: not expected
+    return tensors
+  with pytest.raises(hf_io.CheckpointError) as info:
+    hf_io.load_pretrained(_rewrite(checkpoint, tmp_path / "bad", add))
+  assert "unexpected tensors" in str(info.value)
+  assert "'lm_head.weight'" in str(info.value)
+  assert "'model.layers.0.self_attn.rotary_emb.inv_freq'" in str(info.value)
+
+
+def test_unknown_model_type_is_named(checkpoint, tmp_path):
+  bad = tmp_path / "bad"
+  shutil.copytree(checkpoint, bad)
+  config = json.loads((bad / "config.json").read_text())
+  config["model_type"] = "gpt_neox"
+  (bad / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="unsupported model_type 'gpt_neox'"):
+    hf_io.load_pretrained(bad)
+
+
+def test_missing_files_are_reported(checkpoint, tmp_path):
+  bad = tmp_path / "bad"
+  shutil.copytree(checkpoint, bad)
+  (bad / hf_io.SINGLE_FILE).unlink()
+  with pytest.raises(hf_io.CheckpointError, match="neither model.safetensors nor"):
+    hf_io.load_pretrained(bad)
+  with pytest.raises(hf_io.CheckpointError, match="no config.json"):
+    hf_io.load_pretrained(tmp_path)
