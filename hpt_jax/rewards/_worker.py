@@ -1,0 +1,37 @@
+"""The loop run by each `RewardPool` worker process (module kept small so the forkserver preloads it).
+
+Importing this module pulls in sympy and math-verify and grades one throw-away answer, so that the
+forkserver (which preloads it) holds warm graders and every forked worker starts warm: math-verify
+builds its parsers lazily on first use, which can take longer than a per-answer timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hpt_jax.rewards.verifier import Variant, Verdict, verdict
+
+READY = "ready"
+
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+verdict("\\boxed{\\frac{1}{2}}", "(1,2]")  # warm-up (see module docstring).
+
+
+def serve(conn) -> None:
+  """Says READY, then answers `(response, truths, variant_value)` messages with a `Verdict` value
+  until `None` arrives. A grader exception is reported as ERROR for that answer; the worker goes on.
+  """
+  conn.send(READY)
+  while True:
+    try:
+      message = conn.recv()
+    except (EOFError, OSError):
+      return
+    if message is None:
+      return
+    response, truths, variant = message
+    try:
+      result = verdict(response, truths, variant=Variant(variant))
+    except Exception:  # noqa: BLE001 -- any grader failure scores 0, counted as an error.
+      result = Verdict.ERROR
+    conn.send(result.value)

@@ -1,0 +1,223 @@
+"""Batch reward scoring in worker processes with a per-answer timeout and no signals in the caller.
+
+`RewardPool` keeps `num_workers` processes, each fed one answer at a time over its own pipe. The caller
+waits on the pipes with `multiprocessing.connection.wait(timeout=...)`, which works in any thread. A
+worker that overruns its answer's deadline is killed and replaced; its answer scores 0 and is counted
+as a TIMEOUT. A worker that dies (segfault, OOM kill) is replaced too; its answer is an ERROR. So one
+pathological answer (a power tower math-verify never finishes, a 50 kB repetition) can neither hang nor
+kill a training run.
+
+Workers come from the `forkserver` start method with the graders preloaded: the server is a clean
+interpreter (never a fork of a process that has started JAX threads), and replacing a killed worker is
+a cheap fork of it rather than a fresh import of sympy and math-verify.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import multiprocessing
+import multiprocessing.connection
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from hpt_jax.rewards import _worker
+from hpt_jax.rewards.verifier import GroundTruth, Variant, Verdict, verdict, _truths
+
+_PRELOAD = ["hpt_jax.rewards._worker"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchScores:
+  """Scores of a batch and why each got it.
+
+  Attributes:
+    scores: [N] float32, 1.0 for CORRECT, else 0.0.
+    verdicts: N `Verdict`s, in input order.
+    seconds: wall time of the batch.
+  """
+  scores: np.ndarray
+  verdicts: tuple[Verdict, ...]
+  seconds: float
+
+  def counts(self) -> dict[str, int]:
+    """Number of answers per verdict, every verdict present (0 when absent), e.g. `{'timeout': 1}`."""
+    tally = collections.Counter(self.verdicts)
+    return {v.value: tally.get(v, 0) for v in Verdict}
+
+  def metrics(self, prefix: str = "reward/") -> dict[str, float]:
+    """Flat metrics for logging: mean score and the count of every verdict."""
+    out = {f"{prefix}mean": float(self.scores.mean()) if len(self.scores) else 0.0}
+    out.update({f"{prefix}{name}": float(n) for name, n in self.counts().items()})
+    return out
+
+
+def _check_inputs(responses: Sequence[str], ground_truths: Sequence[GroundTruth]) -> list[list[str]]:
+  if len(responses) != len(ground_truths):
+    raise ValueError(f"responses ({len(responses)}) and ground_truths ({len(ground_truths)}) differ in length")
+  truths = []
+  for i, (response, truth) in enumerate(zip(responses, ground_truths)):
+    if not isinstance(response, str):
+      raise TypeError(f"responses[{i}] must be str, got {type(response).__name__}")
+    try:
+      truths.append(_truths(truth))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"ground_truths[{i}] is invalid: {e}") from e
+  return truths
+
+
+def _pack(verdicts: list[Verdict], start: float) -> BatchScores:
+  scores = np.array([1.0 if v is Verdict.CORRECT else 0.0 for v in verdicts], dtype=np.float32)
+  return BatchScores(scores=scores, verdicts=tuple(verdicts), seconds=time.perf_counter() - start)
+
+
+def score_serial(responses: Sequence[str], ground_truths: Sequence[GroundTruth], *,
+                 variant: Variant = Variant.HPT_V6) -> BatchScores:
+  """Scores in this process, one after another, with NO timeout (trusted inputs, tests, baselines)."""
+  start = time.perf_counter()
+  truths = _check_inputs(responses, ground_truths)
+  return _pack([verdict(r, t, variant=variant) for r, t in zip(responses, truths)], start)
+
+
+@dataclasses.dataclass
+class _Worker:
+  process: multiprocessing.process.BaseProcess
+  conn: multiprocessing.connection.Connection
+  ready_by: float  # the worker must have said "ready" by this time (perf_counter seconds).
+  ready: bool = False
+  task: int | None = None  # index of the answer it is grading, None when idle.
+  deadline: float = 0.0
+
+
+class RewardPool:
+  """A pool of grading processes with a per-answer timeout; use as a context manager.
+
+  The timeout clock of an answer starts when a ready worker receives it; a replacement worker's start-up
+  (fork, warm-up) is not charged to any answer.
+
+  Example:
+    with RewardPool(num_workers=2, timeout_s=5.0) as pool:
+      batch = pool.score(responses, ground_truths)
+    batch.scores  # [N] float32
+  """
+
+  def __init__(self, *, num_workers: int | None = None, timeout_s: float = 5.0,
+               startup_timeout_s: float = 120.0):
+    if timeout_s <= 0:
+      raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    self.num_workers = num_workers or os.cpu_count() or 1
+    if self.num_workers < 1:
+      raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    self.timeout_s = float(timeout_s)
+    self.startup_timeout_s = float(startup_timeout_s)
+    self._ctx = multiprocessing.get_context("forkserver")
+    self._ctx.set_forkserver_preload(_PRELOAD)
+    self._workers: list[_Worker] = []
+    self.restarts = 0  # workers replaced after a timeout or a crash, over the pool's life.
+
+  def __enter__(self) -> RewardPool:
+    self.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def _spawn(self) -> _Worker:
+    parent, child = self._ctx.Pipe(duplex=True)
+    process = self._ctx.Process(target=_worker.serve, args=(child,), daemon=True)
+    process.start()
+    child.close()
+    return _Worker(process=process, conn=parent, ready_by=time.perf_counter() + self.startup_timeout_s)
+
+  def start(self) -> None:
+    """Starts the workers and waits until each has said "ready" (idempotent)."""
+    while len(self._workers) < self.num_workers:
+      self._workers.append(self._spawn())
+    while not all(w.ready for w in self._workers):
+      self._poll(results=[])
+
+  def close(self) -> None:
+    """Stops every worker: a polite stop message, then kill whatever is still alive."""
+    for w in self._workers:
+      try:
+        w.conn.send(None)
+      except (OSError, ValueError):
+        pass
+    for w in self._workers:
+      w.process.join(timeout=1.0)
+      if w.process.is_alive():
+        w.process.kill()
+        w.process.join()
+      w.conn.close()
+    self._workers = []
+
+  def _replace(self, i: int) -> None:
+    old = self._workers[i]
+    if old.process.is_alive():
+      old.process.kill()
+    old.process.join()
+    old.conn.close()
+    self._workers[i] = self._spawn()
+    self.restarts += 1
+
+  def _poll(self, results: list[Verdict | None]) -> None:
+    """Waits for the next event (a result, a ready signal, a deadline) and handles all that happened."""
+    waiting = [w for w in self._workers if w.task is not None or not w.ready]
+    if not waiting:
+      return
+    next_deadline = min(w.deadline if w.ready else w.ready_by for w in waiting)
+    ready_conns = multiprocessing.connection.wait(
+        [w.conn for w in waiting], timeout=max(0.0, next_deadline - time.perf_counter()))
+    now = time.perf_counter()
+    for i, w in enumerate(self._workers):
+      if w.conn in ready_conns:
+        try:
+          message = w.conn.recv()
+        except (EOFError, OSError):  # the worker died (mid-answer or during start-up).
+          if w.task is not None:
+            results[w.task] = Verdict.ERROR
+          elif not w.ready:
+            raise RuntimeError(f"reward worker {i} died during start-up (exit code {w.process.exitcode})")
+          self._replace(i)
+          continue
+        if not w.ready:
+          w.ready = message == _worker.READY
+        else:
+          results[w.task] = Verdict(message)
+          w.task = None
+      elif w.task is not None and now >= w.deadline:
+        results[w.task] = Verdict.TIMEOUT
+        self._replace(i)
+      elif not w.ready and now >= w.ready_by:
+        raise RuntimeError(f"reward worker {i} not ready after {self.startup_timeout_s} s")
+
+  def score(self, responses: Sequence[str], ground_truths: Sequence[GroundTruth], *,
+            variant: Variant = Variant.HPT_V6) -> BatchScores:
+    """Scores a batch; every answer gets a verdict within about `timeout_s` of starting to be graded.
+
+    Args:
+      responses: N decoded responses.
+      ground_truths: N ground truths (string/number or a list of them).
+      variant: which reward function (see `Variant`).
+    """
+    start = time.perf_counter()
+    truths = _check_inputs(responses, ground_truths)
+    self.start()
+    results: list[Verdict | None] = [None] * len(responses)
+    queue = collections.deque(range(len(responses)))
+    while queue or any(w.task is not None for w in self._workers):
+      for i, w in enumerate(self._workers):
+        if w.ready and w.task is None and queue:
+          task = queue.popleft()
+          try:
+            w.conn.send((responses[task], truths[task], variant.value))
+          except (OSError, ValueError):  # died while idle: requeue the answer, replace the worker.
+            queue.appendleft(task)
+            self._replace(i)
+            continue
+          w.task, w.deadline = task, time.perf_counter() + self.timeout_s
+      self._poll(results)
+    return _pack(results, start)
