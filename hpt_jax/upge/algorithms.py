@@ -2,24 +2,24 @@
 
   grad_uni = 1_stable · (1/π_ref) · Â · ∇π_θ        (PAPER.md §1.4, Eq. 6)
 
-| name      | class     | rows      | π_ref (denominators)   | 1_stable (masks)         | Â (advantages, computed by the caller) | aggregation (default)        |
-|-----------|-----------|-----------|------------------------|--------------------------|----------------------------------------|------------------------------|
-| sft       | Sft       | all       | π_θ                    | none                     | ≡ 1                                    | token-mean                   |
-| reinforce | Reinforce | all       | π_θ                    | none                     | raw / ±1 / any                         | token-mean                   |
-| ppo       | Ppo       | all       | π_θold (±20 clamp)     | clip ε=.2/.2, dual c=3   | GAE                                    | token-mean                   |
-| grpo      | Grpo      | all       | π_θold (±20 clamp)     | clip ε=.2/.2, dual c=3   | GRPO (mean/std)                        | seq-mean-token-mean          |
-| dr_grpo   | DrGrpo    | all       | π_θold (±20 clamp)     | clip ε=.2/.2, dual c=3   | Dr.GRPO (mean only)                    | seq-mean-token-sum-norm      |
-| dapo      | Dapo      | all       | π_θold (±20 clamp)     | clip-higher ε=.2/.28, c=10 | GRPO                                 | token-mean                   |
-| cispo     | Cispo     | all       | π_θold (±20 clamp)     | CIS weight sg(clip(r))/r | GRPO                                   | token-mean                   |
-| gspo      | Gspo      | all       | π_θ·(π_old/π_θ)^{1/|τ|}| sequence clip 3e-4/4e-4  | GRPO                                   | seq-mean-token-mean          |
-| luffy     | Luffy     | on        | π_θold (no clamp)      | none (remove_clip)       | union-group Dr.GRPO                    | official Σ/T                 |
-|           |           | demo      | 1, shaped π/(π+γ)      | none                     | union-group Dr.GRPO                    | official Σ/T                 |
-| srft      | Srft      | on        | π_θ                    | none                     | 0.1·e^{H_i} if correct else −1         | official Σ/T                 |
-|           |           | demo      | 1, shaped π/(π+γ)      | none                     | union group                            | official Σ/T                 |
-|           |           | demo (SFT)| π_θ                    | none                     | 0.5·e^{−H_i}                           | token-mean                   |
-| hpt_rl    | HptRl     | on        | π_θold (no clamp)      | none                     | Dr.GRPO over on-policy rollouts        | official Σ/T                 |
-| hpt_sft   | HptSft    | demo      | π_θ                    | none                     | ≡ sft_coef                             | token-mean (0 if no demo)    |
-| hpt       | Hpt       | on + demo | hpt_rl + hpt_sft       |                          |                                        |                              |
+| name (class)          | rows      | π_ref                  | 1_stable                  | Â (caller)             | aggregation           |
+|-----------------------|-----------|------------------------|---------------------------|------------------------|-----------------------|
+| sft (Sft)             | all       | π_θ                    | none                      | ≡ 1                    | token-mean            |
+| reinforce (Reinforce) | all       | π_θ                    | none                      | raw / ±1               | token-mean            |
+| ppo (Ppo)             | all       | π_θold, ±20 clamp      | clip .2/.2, dual c=3      | GAE                    | token-mean            |
+| grpo (Grpo)           | all       | π_θold, ±20 clamp      | clip .2/.2, dual c=3      | GRPO mean/std          | seq-mean-tok-mean     |
+| dr_grpo (DrGrpo)      | all       | π_θold, ±20 clamp      | clip .2/.2, dual c=3      | mean only              | seq-mean-tok-sum-norm |
+| dapo (Dapo)           | all       | π_θold, ±20 clamp      | clip .2/.28, dual c=10    | GRPO                   | token-mean            |
+| cispo (Cispo)         | all       | π_θold, ±20 clamp      | weight sg(clip(r))/r      | GRPO                   | token-mean            |
+| gspo (Gspo)           | all       | π_θ(π_old/π_θ)^{1/|τ|} | seq. clip 3e-4/4e-4       | GRPO                   | seq-mean-tok-mean|
+| luffy (Luffy)         | on        | π_θold, no clamp       | none                      | union group, mean only | official Σ/T          |
+|                       | demo      | 1, shaped π/(π+γ)      | none                      | union group, mean only | official Σ/T          |
+| srft (Srft)           | on        | π_θ                    | none                      | .1e^{H_i} ok, else −1  | official Σ/T          |
+|                       | demo      | 1, shaped π/(π+γ)      | none                      | union group            | official Σ/T          |
+|                       | demo, SFT | π_θ                    | none                      | .5e^{−H_i}             | token-mean            |
+| hpt_rl (HptRl)        | on        | π_θold, no clamp       | none                      | on-policy, mean only   | official Σ/T          |
+| hpt_sft (HptSft)      | demo      | π_θ                    | none                      | ≡ sft_coef             | token-mean            |
+| hpt (Hpt)             | both      | hpt_rl + hpt_sft       |                           |                        |                       |
 
 Every algorithm is a frozen dataclass whose fields are exactly its hyperparameters, with one method
 

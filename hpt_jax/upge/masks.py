@@ -4,13 +4,13 @@ Each function turns an importance weight `w [B, T]` (from `denominators`) and ad
 into the per-token loss whose gradient is 1_stable·Â·∇w, and reports boolean clip indicators `[B, T]`
 (turn them into fractions with `aggregation.masked_mean`). The losses are unreduced and unmasked.
 
-| mask                          | function     | per-token loss                                   | 1_stable = 0 where                     |
-|-------------------------------|--------------|--------------------------------------------------|----------------------------------------|
-| none (SFT, REINFORCE, offline)| `no_clip`    | −A·w                                             | never                                  |
-| PPO clip, clip-higher (DAPO)  | `ppo_clip`   | max(−A r, −A clip(r, 1−ε_l, 1+ε_h))              | A>0, r>1+ε_h  or  A<0, r<1−ε_l         |
-|  + dual clip c                |              | A<0: min(·, −A c)                                | A<0, r>c                               |
-| GSPO sequence clip            | `ppo_clip` on the `gspo_sequence_ratio` (no dual clip) | same, per sequence      |                                        |
-| CISPO                         | `cispo`      | −sg(clip(r, 1−ε_l, 1+ε_h))·A·ℓ                   | never; weight clip(r)/r instead        |
+| mask                       | function   | per-token loss                        | 1_stable = 0 where          |
+|----------------------------|------------|---------------------------------------|-----------------------------|
+| none (SFT, REINFORCE, off) | `no_clip`  | −A·w                                  | never                       |
+| PPO clip, clip-higher      | `ppo_clip` | max(−A r, −A clip(r, 1−ε_l, 1+ε_h))   | A>0, r>1+ε_h; A<0, r<1−ε_l  |
+|  + dual clip c             |            | A<0: min(·, −A c)                     | A<0, r>c                    |
+| GSPO sequence clip         | `ppo_clip` | same, on the GSPO sequence ratio      | per sequence                |
+| CISPO                      | `cispo`    | −sg(clip(r, 1−ε_l, 1+ε_h))·A·ℓ        | never; weight clip(r)/r     |
 
 Clipping uses `jnp.clip`, whose gradient is 0 strictly outside the range (torch `clamp` agrees there;
 the two differ only exactly on a boundary, ESTIMATORS.md §6).
