@@ -74,7 +74,9 @@ def test_sampler_backend_samples_do_not_depend_on_batch_company():
   proto = bm.Protocol(temperature=1.0, top_p=1.0, num_samples=3, max_new_tokens=12)
   params = _params(1.0)  # soft: genuinely random continuations
   together = backend.generate(params, ["a", "bc", "d"], protocol=proto, prompt_ids=[4, 5, 6], seed=42)
-  alone = backend.generate(params, ["bc"], protocol=proto, prompt_ids=[5], seed=42)
-  assert together[1] == alone[0]
+  # Same batch shape (one compiled program), different neighbours and position of the "bc" problem.
+  moved = backend.generate(params, ["bc", "ef", "ef"], protocol=proto, prompt_ids=[5, 9, 9], seed=42)
+  assert together[1] == moved[0]
+  assert together[0] != moved[1]
   texts = {c.text for row in together for c in row}
   assert len(texts) > 2  # really sampled, not a constant
