@@ -158,6 +158,7 @@ def np_aggregate(loss, m, mode, width):
   sums = (loss * m).sum(-1)
   return {
       "token-mean": (loss * m).sum() / m.sum(),
+      "token-sum": (loss * m).sum(),
       "seq-mean-token-sum": sums.sum() / nonempty,
       "seq-mean-token-mean": (sums / (m.sum(-1) + 1e-8)).sum() / nonempty,
       "seq-mean-token-sum-norm": sums.sum() / nonempty / width,
@@ -193,6 +194,7 @@ def np_aggregate_jax(loss, m, mode, width):
   sums = (loss * m).sum(-1)
   return {
       "token-mean": lambda: (loss * m).sum() / m.sum(),
+      "token-sum": lambda: (loss * m).sum(),
       "seq-mean-token-sum": lambda: sums.sum() / nonempty,
       "seq-mean-token-mean": lambda: (sums / (m.sum(-1) + 1e-8)).sum() / nonempty,
       "seq-mean-token-sum-norm": lambda: sums.sum() / nonempty / width,

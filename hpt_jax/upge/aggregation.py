@@ -8,13 +8,15 @@ micro-batches (and devices) are added field by field and divided once at the end
 so the accumulated value equals the full-batch value exactly. Denominators are counts (tokens, rows,
 rows × T), never carry gradient, and are 0 only when nothing was selected — the term is then 0, not
 NaN (this is also the official HPT "skip the SFT loss if the micro-batch has no demo" rule). A mode
-whose normaliser is a constant (the official LUFFY/HPT Σ/T) divides inside and reports denom 0.
+whose normaliser is a constant (the official LUFFY/HPT Σ/T, or none: token-sum) divides inside and
+reports denom 0.
 
 Modes (ESTIMATORS.md §1.3, §0, §3; `L` loss, `m` mask, `|y_i| = Σ_t m_it`, G = #rows with |y_i| > 0):
 
 | mode                       | total                          | denom  | full-batch value          |
 |----------------------------|--------------------------------|--------|---------------------------|
 | TOKEN_MEAN                 | Σ L m                          | Σ m    | verl `token-mean`         |
+| TOKEN_SUM                  | Σ L m                          | 0      | verl 0.9.1 `token-sum`    |
 | SEQ_MEAN_TOKEN_SUM         | Σ_i Σ_t L m                    | G      | verl `seq-mean-token-sum` |
 | SEQ_MEAN_TOKEN_MEAN        | Σ_i Σ_t L m / (|y_i| + 1e-8)   | G      | verl `seq-mean-token-mean`|
 | SEQ_MEAN_TOKEN_SUM_NORM    | Σ L m                          | G · T  | verl 0.9.1 Dr.GRPO norm   |
@@ -22,6 +24,12 @@ Modes (ESTIMATORS.md §1.3, §0, §3; `L` loss, `m` mask, `|y_i| = Σ_t m_it`, G
 
 T is `width` when given (set it to the maximum response length when micro-batches are padded to
 different widths), else the padded width `mask.shape[-1]`.
+
+Where the official HPT/LUFFY code differs from "accumulate, then divide": it finalizes every
+micro-batch on its own (its token-mean SFT loss is a per-micro-batch mean, and micro-batch losses are
+summed), and it averages gradients over data-parallel ranks (its Σ/T loss is Σ/(T·dp) globally). A
+train step reproduces that by calling `total_loss` per micro-batch and scaling by 1/dp; the pairs
+support both.
 """
 
 import enum
@@ -51,6 +59,7 @@ class LossTerm(NamedTuple):
 class Aggregation(enum.Enum):
   """Loss aggregation modes; values are the config spellings (verl's where the name is shared)."""
   TOKEN_MEAN = "token-mean"
+  TOKEN_SUM = "token-sum"
   SEQ_MEAN_TOKEN_SUM = "seq-mean-token-sum"
   SEQ_MEAN_TOKEN_MEAN = "seq-mean-token-mean"
   SEQ_MEAN_TOKEN_SUM_NORM = "seq-mean-token-sum-norm"
@@ -82,6 +91,11 @@ def _token_mean(loss, mask, width):
   return LossTerm(_masked(loss, mask).sum(), mask.sum().astype(loss.dtype))
 
 
+def _token_sum(loss, mask, width):
+  del width
+  return LossTerm(_masked(loss, mask).sum(), jnp.zeros((), loss.dtype))
+
+
 def _seq_mean_token_sum(loss, mask, width):
   del width
   return LossTerm(_masked(loss, mask).sum(), _nonempty_rows(mask, loss.dtype))
@@ -104,6 +118,7 @@ def _official_token_sum_over_t(loss, mask, width):
 
 _AGGREGATORS: dict[Aggregation, Callable[[Array, Array, int], LossTerm]] = {
     Aggregation.TOKEN_MEAN: _token_mean,
+    Aggregation.TOKEN_SUM: _token_sum,
     Aggregation.SEQ_MEAN_TOKEN_SUM: _seq_mean_token_sum,
     Aggregation.SEQ_MEAN_TOKEN_MEAN: _seq_mean_token_mean,
     Aggregation.SEQ_MEAN_TOKEN_SUM_NORM: _seq_mean_token_sum_norm,
