@@ -136,6 +136,12 @@ class MicroBatches(NamedTuple):
   num_questions: np.ndarray  # float32 [], distinct questions in the batch (paper-mode average)
 
 
+# Rank of every `MicroBatches` field (3: [M, Bm, L], 2: [M, Bm], 0: scalar), for shardings.
+FIELD_NDIMS = MicroBatches(tokens=3, positions=3, attention_mask=3, targets=3, response_mask=3, old_logp=3,
+                           has_old_logp=0, is_demo=2, row_valid=2, advantages=2, rewards=2, group_ids=2,
+                           group_size=2, question_index=2, rl_weight=2, sft_weight=2, num_questions=0)
+
+
 def choose_bucket(max_length: int, buckets: Sequence[int]) -> int:
   """Smallest bucket >= max_length; raises naming the length if none fits."""
   for b in buckets:
@@ -144,13 +150,14 @@ def choose_bucket(max_length: int, buckets: Sequence[int]) -> int:
   raise ValueError(f"a row of length {max_length} exceeds the largest length bucket {buckets[-1]}")
 
 
-def pack(rows: Rows, *, advantages: np.ndarray, config: PackConfig) -> MicroBatches:
+def pack(rows: Rows, *, config: PackConfig, advantages: np.ndarray | None = None) -> MicroBatches:
   """Packs `rows` into micro-batches.
 
   Args:
     rows: B rows.
-    advantages: [B] float, per-row advantage (broadcast over the row's response tokens).
     config: the layout.
+    advantages: [B] float, per-row Â, used when the step's estimator is GIVEN (default zeros; the
+      other estimators compute Â inside the step from `rewards` and `group_ids`).
 
   Returns:
     `MicroBatches` with M = ceil(B / Bm) rounded up to `config.micro_batch_multiple`.
@@ -158,7 +165,7 @@ def pack(rows: Rows, *, advantages: np.ndarray, config: PackConfig) -> MicroBatc
   b = rows.num_rows
   if b == 0:
     raise ValueError("rows: cannot pack an empty batch")
-  advantages = np.asarray(advantages, np.float64)
+  advantages = np.zeros((b,)) if advantages is None else np.asarray(advantages, np.float64)
   if advantages.shape != (b,):
     raise ValueError(f"advantages must have shape ({b},), got {advantages.shape}")
   if not np.all(np.isfinite(advantages)):

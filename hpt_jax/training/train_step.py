@@ -1,0 +1,233 @@
+"""The jitted, sharded train step: model → chunked log-probs → hybrid loss → accumulated grads → AdamW.
+
+One call of `TrainStep` is one optimizer update over a packed batch `MicroBatches` [M, Bm, L]:
+
+  1. before the scan, over the whole batch: Â from rewards and group ids (the configured estimator),
+     and, for GLOBAL/PAPER normalisation, every term's batch-wide denominator (counts of masks, no
+     model needed);
+  2. `lax.scan` over the M micro-batches: the model's hidden states, then log π(target) and entropy in
+     chunks of positions from hidden states (the [B, L, V] logits never exist), the objective's terms
+     (`hpt_jax.hybrid.objective`), the micro-batch loss and its gradient, summed into fp32
+     accumulators. OFFICIAL mode normalises each micro-batch by itself and SUMS the micro-batch
+     gradients (the official verl-0.1 arithmetic); GLOBAL/PAPER divide by batch-wide denominators, so
+     the sum over micro-batches is exactly the full-batch loss;
+  3. the optimizer: pre-clip grad norm → skip if non-finite or too large → clip → AdamW.
+
+Under a mesh, parameters and optimizer state are sharded by the model's rules table, batch rows over
+data × fsdp; XLA inserts the reductions, so sums over rows are global across devices and the step
+equals the single-device step. Parameters and optimizer state are donated. The master weights are
+fp32; they are cast to the model config's dtype (bf16 on accelerators) inside the loss.
+
+Letters: M micro-batches, Bm rows each, L positions, R virtual ranks (OFFICIAL only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from hpt_jax import upge
+from hpt_jax.hybrid import objective
+from hpt_jax.hybrid.objective import LossConfig, LossMode, RowInputs
+from hpt_jax.models import ModelConfig
+from hpt_jax.training import mesh as mesh_lib
+from hpt_jax.training import optimizer as optim_lib
+from hpt_jax.training import state as state_lib
+from hpt_jax.training.batching import FIELD_NDIMS, MicroBatches
+from hpt_jax.training.state import TrainState
+from hpt_jax.typing import Array
+
+
+def _split_rows(x: Array, blocks: int) -> Array:
+  """[Bm, ...] -> [R, Bm/R, ...]."""
+  return x.reshape(blocks, x.shape[0] // blocks, *x.shape[1:])
+
+
+class TrainStep:
+  """`step(state, batch) -> (state, metrics)` and `loss_and_grads(params, batch)`, both jitted.
+
+  Args:
+    model_config: the policy's config (its dtype is the compute dtype).
+    loss: what to optimise (`LossConfig`).
+    optimizer: an optax transformation wrapped by `optimizer.skip_bad_updates` (e.g.
+      `make_optimizer(OptimConfig())`), whose state exposes `last_grad_norm` / `num_skipped`.
+    mesh: a data × fsdp × tensor mesh, or None for the default device.
+  """
+
+  def __init__(self, model_config: ModelConfig, *, loss: LossConfig, optimizer: optax.GradientTransformation,
+               mesh: Mesh | None = None):
+    self.model_config = model_config
+    self.loss_config = loss
+    self.optimizer = optimizer
+    self.mesh = mesh
+    self.graphdef = state_lib.model_graphdef(model_config)
+    self._compute_dtype = jnp.dtype(model_config.dtype)
+    if mesh is None:
+      self._grads = jax.jit(self._loss_and_grads)
+      self._step = jax.jit(self._update, donate_argnums=(0, 1))
+    else:
+      abstract_state, abstract_pure = state_lib.abstract_params(model_config)
+      p_shard = mesh_lib.param_shardings(abstract_state, mesh)
+      o_shard = mesh_lib.opt_state_shardings(optimizer, abstract_pure, p_shard, mesh)
+      b_shard = jax.tree.map(lambda n: mesh_lib.batch_sharding(mesh, n), FIELD_NDIMS)
+      rep = mesh_lib.replicated(mesh)
+      self._grads = jax.jit(self._loss_and_grads, in_shardings=(p_shard, b_shard),
+                            out_shardings=(rep, p_shard, rep))
+      self._step = jax.jit(self._update, in_shardings=(p_shard, o_shard, rep, b_shard),
+                           out_shardings=(p_shard, o_shard, rep, rep), donate_argnums=(0, 1))
+      self._batch_sharding = b_shard
+
+  # ----------------------------------------------------------------------------------------- public
+
+  def place_batch(self, batch: MicroBatches) -> MicroBatches:
+    """Moves a host batch onto the mesh with the step's batch sharding (no-op without a mesh)."""
+    if self.mesh is None:
+      return jax.tree.map(jnp.asarray, batch)
+    return jax.device_put(batch, self._batch_sharding)
+
+  def loss_and_grads(self, params: dict, batch: MicroBatches) -> tuple[Array, dict, dict]:
+    """(loss, grads (pure dict like params), metrics) without an update."""
+    with self._mesh_context():
+      return self._grads(params, self.place_batch(batch))
+
+  def __call__(self, state: TrainState, batch: MicroBatches) -> tuple[TrainState, dict]:
+    """One optimizer update. `state.params` and `state.opt_state` are donated."""
+    with self._mesh_context():
+      params, opt_state, step, metrics = self._step(state.params, state.opt_state, state.step,
+                                                    self.place_batch(batch))
+    return state._replace(params=params, opt_state=opt_state, step=step), metrics
+
+  # ---------------------------------------------------------------------------------------- private
+
+  def _mesh_context(self):
+    if self.mesh is None:
+      return _NullContext()
+    return jax.set_mesh(self.mesh)
+
+  def _row_inputs(self, logp, entropy, mb: MicroBatches, advantages: Array, has_old_logp: Array,
+                  num_questions: Array) -> RowInputs:
+    old_logp = jnp.where(has_old_logp, mb.old_logp, jax.lax.stop_gradient(logp))
+    return RowInputs(logp=logp, entropy=entropy, response_mask=mb.response_mask, old_logp=old_logp,
+                     advantages=advantages, rewards=mb.rewards, is_demo=mb.is_demo, rl_weight=mb.rl_weight,
+                     sft_weight=mb.sft_weight, group_size=mb.group_size, num_questions=num_questions)
+
+  def _policy_logprobs(self, params: dict, mb: MicroBatches) -> tuple[Array, Array]:
+    cfg = self.loss_config
+    if self._compute_dtype != jnp.float32:
+      params = jax.tree.map(lambda p: p.astype(self._compute_dtype), params)
+    model = nnx.merge(self.graphdef, nnx.State(params))
+    hidden, _ = model(mb.tokens, positions=mb.positions, attention_mask=mb.attention_mask)
+    return upge.chunked_token_logprobs(hidden, model.unembedding(), mb.targets, chunk_size=cfg.logprob_chunk,
+                                       temperature=cfg.temperature)
+
+  def _denominators(self, batch: MicroBatches, advantages: Array) -> dict[str, Array]:
+    """Batch-wide denominators of every term (they depend on masks only, so log-probs are zeros)."""
+    def one(mb, adv):
+      zeros = jnp.zeros(mb.response_mask.shape, jnp.float32)
+      x = self._row_inputs(zeros, zeros, mb, adv, jnp.asarray(True), batch.num_questions)
+      terms, _ = objective.micro_batch_terms(self.loss_config, x)
+      return {k: t.denom for k, t in terms.items()}
+    per_micro = jax.vmap(one)(_micro_fields(batch), advantages)
+    return {k: v.sum() for k, v in per_micro.items()}
+
+  def _micro_loss(self, params, mb, advantages, has_old_logp, num_questions, denominators):
+    cfg = self.loss_config
+    logp, entropy = self._policy_logprobs(params, mb)
+    x = self._row_inputs(logp, entropy, mb, advantages, has_old_logp, num_questions)
+    if cfg.mode is LossMode.OFFICIAL:
+      blocks = cfg.official_ranks
+
+      def block_loss(xb):
+        terms, metrics = objective.micro_batch_terms(cfg, RowInputs(*xb, num_questions=num_questions))
+        return objective.combine_official(terms), {k: upge.finalize(t) for k, t in terms.items()}, metrics
+
+      split = [_split_rows(v, blocks) for v in x[:-1]]
+      losses, values, metrics = jax.vmap(block_loss)(split)
+      # The official run averages gradients over its ranks: each block is one rank's micro-batch.
+      return losses.mean(), (jax.tree.map(jnp.mean, values), jax.tree.map(jnp.mean, metrics))
+    terms, metrics = objective.micro_batch_terms(cfg, x)
+    values = {k: t.total / jnp.maximum(denominators[k], 1.0) for k, t in terms.items()}
+    return objective.combine_global(terms, denominators), (values, metrics)
+
+  def _loss_and_grads(self, params: dict, batch: MicroBatches) -> tuple[Array, dict, dict]:
+    cfg = self.loss_config
+    m, bm = batch.row_valid.shape
+    if cfg.mode is LossMode.OFFICIAL and bm % cfg.official_ranks:
+      raise ValueError(f"LossConfig.official_ranks ({cfg.official_ranks}) must divide the rows per "
+                       f"micro-batch ({bm})")
+    advantages = objective.compute_advantages(
+        cfg.advantage, given=batch.advantages.reshape(-1), rewards=batch.rewards.reshape(-1),
+        group_ids=batch.group_ids.reshape(-1), row_valid=batch.row_valid.reshape(-1)).reshape(m, bm)
+    denominators = None if cfg.mode is LossMode.OFFICIAL else self._denominators(batch, advantages)
+    grad_fn = jax.value_and_grad(self._micro_loss, has_aux=True)
+
+    def body(carry, xs):
+      grads_acc, loss_acc, values_acc, metrics_acc = carry
+      mb, adv = xs
+      (loss, (values, metrics)), grads = grad_fn(params, mb, adv, batch.has_old_logp, batch.num_questions,
+                                                 denominators)
+      grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
+      return (grads_acc, loss_acc + loss, jax.tree.map(jnp.add, values_acc, values),
+              jax.tree.map(jnp.add, metrics_acc, metrics)), None
+
+    # Shapes of the per-term values/metrics, for zero-initialised carries.
+    _, (values0, metrics0) = jax.eval_shape(self._micro_loss, params, _index_micro(batch, 0), advantages[0],
+                                            batch.has_old_logp, batch.num_questions, denominators)
+    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+    init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params), jnp.zeros((), jnp.float32),
+            zeros(values0), zeros(metrics0))
+    (grads, loss, values, metrics), _ = jax.lax.scan(body, init, (_micro_fields(batch), advantages))
+    out = {f"loss/{k}": v for k, v in values.items()}
+    out |= {f"algo/{k}": v / m for k, v in metrics.items()}  # mean over micro-batches
+    out["loss/total"] = loss
+    out["batch/response_tokens"] = batch.response_mask.sum()
+    out["batch/demo_rows"] = (batch.is_demo & batch.row_valid).sum()
+    out["batch/rows"] = batch.row_valid.sum()
+    return loss, grads, out
+
+  def _update(self, params, opt_state, step, batch):
+    loss, grads, metrics = self._loss_and_grads(params, batch)
+    updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
+    new_params = optim_lib.apply_updates_unless_skipped(params, updates, new_opt_state)
+    metrics = metrics | {
+        "optim/grad_norm": new_opt_state.last_grad_norm,
+        "optim/skipped": new_opt_state.last_skipped,
+        "optim/num_skipped": new_opt_state.num_skipped,
+    }
+    return new_params, new_opt_state, step + 1, metrics
+
+
+class _NullContext:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+_SCALAR_FIELDS = ("has_old_logp", "num_questions")
+
+
+def _micro_fields(batch: MicroBatches) -> MicroBatches:
+  """The batch with scalar fields broadcast to [M] so the whole NamedTuple can be scanned/vmapped."""
+  m = batch.row_valid.shape[0]
+  return batch._replace(**{f: jnp.broadcast_to(getattr(batch, f), (m,)) for f in _SCALAR_FIELDS})
+
+
+def _index_micro(batch: MicroBatches, i: int) -> MicroBatches:
+  return jax.tree.map(lambda x: x[i], _micro_fields(batch))
+
+
+def make_train_step(model_config: ModelConfig, *, loss: LossConfig, optimizer: optax.GradientTransformation,
+                    mesh: Mesh | None = None) -> TrainStep:
+  return TrainStep(model_config, loss=loss, optimizer=optimizer, mesh=mesh)
+
+
+def metrics_to_host(metrics: dict[str, Any]) -> dict[str, float]:
+  """Device scalars -> Python floats (call outside jit, after the step)."""
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
