@@ -394,3 +394,31 @@ def test_bad_inputs_name_the_argument():
   a = upge.total_loss(ppo.loss_terms(good._replace(response_mask=jnp.ones((2, 3))))[0])
   b = upge.total_loss(ppo.loss_terms(good)[0])
   assert a == b
+
+
+def test_readme_example_values():
+  """The README example, checked against hand-derived numbers.
+
+  Dr.GRPO advantages of group 0 (scores 1, 0, 1): A = (1/3, −2/3, 1/3); r = e^{0.1} on every token.
+  RL term: −(1/3·3 − 2/3·2 + 1/3·1)·r / T = 0; its gradient −A·r/T per on-policy token. SFT term: the
+  demo's token-mean NLL −(log 0.5 + 0.1), gradient −1/2 per demo token.
+  """
+  scores, group_ids = jnp.array([1., 0., 1., 1.]), jnp.array([0, 0, 0, 1])
+  adv = upge.grpo_advantages(scores, group_ids, num_groups=2, normalize_by_std=False)
+  mask = jnp.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0]], bool)
+  old_logp = jnp.log(jnp.full((4, 3), 0.5))
+
+  def loss(logp):
+    inputs = upge.LossInputs(logp=logp, response_mask=mask, advantages=adv, old_logp=old_logp,
+                             is_demo=jnp.array([False, False, False, True]))
+    terms, _ = upge.make_algorithm("hpt", entropy_coeff=0.0).loss_terms(inputs)
+    return upge.total_loss(terms)
+
+  value, grad = jax.value_and_grad(loss)(old_logp + 0.1)
+  r = np.exp(0.1)
+  a = np.array([1 / 3, -2 / 3, 1 / 3])
+  expected_grad = np.zeros((4, 3))
+  expected_grad[:3] = -a[:, None] * r / 3 * np.asarray(mask[:3])
+  expected_grad[3, :2] = -0.5
+  np.testing.assert_allclose(value, -(np.log(0.5) + 0.1), rtol=1e-6)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-7)
