@@ -21,10 +21,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+# Trained runs are evaluated through the HF directories the trainer exports (best and final model);
+# reading orbax training checkpoints directly would tie this tool to the train-state layout.
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF save_pretrained directory (weights + tokenizer).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Not supported yet: export the checkpoint to an HF directory (the trainer writes "
-    "one for the best and the final model) and pass --hf_dir.")
 _BENCHMARKS = flags.DEFINE_list("benchmarks", None, "Benchmark names, e.g. aime24,math500.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory holding the benchmark files.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results, tables and plots go.")
@@ -70,8 +69,6 @@ def main(argv):
       raise app.UsageError("--output_dir is required")
     _compare()
     return
-  if _CHECKPOINT.value is not None:
-    raise app.UsageError("--checkpoint is not supported yet; pass the HF export of the run as --hf_dir")
   for flag in (_HF_DIR, _BENCHMARKS, _DATA_DIR, _OUTPUT_DIR):
     if not flag.value:
       raise app.UsageError(f"--{flag.name} is required")
