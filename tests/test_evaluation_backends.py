@@ -19,8 +19,8 @@ _EOS, _PAD, _V = 0, 1, 12
 
 class LetterTokenizer:
   def encode(self, text, add_special_tokens=False):
-    del add_special_tokens
-    return [2 + _LETTERS.index(c) for c in text]
+    # With special tokens, a leading "a" stands in for a BOS token.
+    return [2] * add_special_tokens + [2 + _LETTERS.index(c) for c in text]
 
   def decode(self, ids, skip_special_tokens=True):
     assert skip_special_tokens
@@ -49,15 +49,16 @@ def _params(sharpness):
   return {"table": jnp.asarray(table)}
 
 
-def _backend():
+def _backend(add_special_tokens=False):
   sampler = sampling.Sampler(NextLetterModel(), eos_ids=[_EOS], pad_id=_PAD, tokenizer=LetterTokenizer(),
                              buckets=sampling.Buckets(prompt=(4, 8), response=(4, 16)))
-  return backends.SamplerBackend(sampler)
+  return backends.SamplerBackend(sampler, add_special_tokens=add_special_tokens)
 
 
 def test_sampler_backend_greedy_texts_lengths_truncation():
   backend = _backend()
   assert backend.prompt_bucket("ab") == 4 and backend.prompt_bucket("abcdefg") == 8
+  assert _backend(add_special_tokens=True).prompt_bucket("abcd") == 8  # 4 letters + "BOS"
   greedy = bm.Protocol(temperature=0.0, num_samples=2, max_new_tokens=9)
   out = backend.generate(_params(50.0), ["ab", "h"], protocol=greedy, prompt_ids=[0, 1], seed=0)
   # "ab" -> c..j then EOS: 8 letters + EOS = 9 tokens, stopped by EOS; "h" -> "ij" + EOS.
