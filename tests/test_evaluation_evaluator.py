@@ -117,3 +117,15 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path):
   other = ev.make_job("math500", _write_bench(tmp_path), num_samples=2)
   with pytest.raises(ValueError, match="sampled with protocol"):
     _evaluator(FakeBackend()).evaluate_benchmark("params", other, output_dir=tmp_path / "out")
+
+
+def test_prompt_too_long_names_the_problem(tmp_path):
+  class Bounded(FakeBackend):
+    def prompt_bucket(self, prompt):
+      if len(prompt) > 30:
+        raise ValueError(f"no bucket holds length {len(prompt)}")
+      return 16
+
+  job = ev.make_job("math500", _write_bench(tmp_path), num_samples=1)
+  with pytest.raises(ValueError, match=r"math500: problem 'p0': no bucket holds length"):
+    _evaluator(Bounded()).evaluate_benchmark("params", job)

@@ -108,7 +108,11 @@ class Evaluator:
     per_call = max(1, self.batch_rows // job.protocol.num_samples)
     by_bucket: dict[int, list[int]] = {}
     for i in pending:
-      by_bucket.setdefault(self.backend.prompt_bucket(self.render(job.problems[i].question)), []).append(i)
+      try:
+        bucket = self.backend.prompt_bucket(self.render(job.problems[i].question))
+      except ValueError as e:  # e.g. a prompt longer than the largest bucket
+        raise ValueError(f"{job.name}: problem {job.problems[i].problem_id!r}: {e}") from None
+      by_bucket.setdefault(bucket, []).append(i)
     return [idx[s:s + per_call] for _, idx in sorted(by_bucket.items()) for s in range(0, len(idx), per_call)]
 
   def _run_batch(self, params: Any, job: BenchmarkJob, batch: list[int]) -> list[results_lib.ProblemResult]:
