@@ -103,12 +103,19 @@ class Sampler:
 
   @classmethod
   def from_state(cls, state: Mapping[str, int], *, batch_size: int, process_index: int = 0,
-                 process_count: int = 1, shuffle: bool = True) -> Sampler:
-    """Rebuilds a sampler at a saved position; the sizes must match the ones the state was made for."""
+                 process_count: int = 1, shuffle: bool = True, num_examples: int | None = None) -> Sampler:
+    """Rebuilds a sampler at a saved position; the sizes must match the ones the state was made for.
+
+    Args:
+      num_examples: the current dataset size, checked against the saved one when given.
+    """
     missing = {f.name for f in dataclasses.fields(SamplerState)} - set(state)
     if missing:
       raise KeyError(f"sampler state lacks {sorted(missing)}")
     saved = SamplerState(**{f.name: int(state[f.name]) for f in dataclasses.fields(SamplerState)})
+    if num_examples is not None and num_examples != saved.num_examples:
+      raise ValueError(f"sampler state was saved for {saved.num_examples} examples, the dataset now has "
+                       f"{num_examples}")
     sampler = cls(num_examples=saved.num_examples, batch_size=batch_size, seed=saved.seed,
                   process_index=process_index, process_count=process_count, shuffle=shuffle)
     if sampler.state.global_batch_size != saved.global_batch_size:
