@@ -1,0 +1,211 @@
+"""Train-step throughput and MFU: our jitted HPT step vs a plain PyTorch step, same weights, same loss.
+
+Model: the project's tiny Qwen2 (vocab 512, hidden 256, 4 layers, 8 heads, 2 KV heads), random weights
+built with `transformers` and copied into our parameters. Workload: 128 sequences x 96 tokens (32 prompt +
+64 response), a mixed HPT batch (120 rollouts of 15 questions + 8 demonstration rows), the official loss
+(RL token-sum / T + SFT token-mean over demonstration tokens − 0.001 · token-mean entropy), then global-norm
+clip 1.0 and AdamW (lr 5e-6, wd 0.01). Both sides compute the same loss on the same rows; the first loss
+values are printed side by side as a check.
+
+MFU = model FLOPs per second / a float32 matmul peak measured in this run (jnp 2048² matmuls).
+Model FLOPs of one step = 3 × forward matmul FLOPs (2·params-in-matmuls per token, including the
+unembedding, plus 4·L·S·N·H per token for attention scores and values over the S = 96 positions).
+Compile time is excluded from our tokens/s and reported apart.
+
+  python experiments/bench_train_step.py            # the issue's benchmark
+  python experiments/bench_train_step.py --smoke    # a seconds-long version for CI
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+from flax import nnx
+
+from hpt_jax import hybrid, upge
+from hpt_jax.hybrid.objective import LossConfig
+from hpt_jax.models import CausalLM, ModelConfig
+from hpt_jax.models.hf_keys import KEY_TABLES, to_ours
+from hpt_jax.training import batching, optimizer as optim_lib, state as state_lib
+from hpt_jax.training.train_step import TrainStep
+
+ENTROPY_COEFF = 0.001
+
+
+def hf_config(*, smoke: bool) -> transformers.Qwen2Config:
+  sizes = (dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2) if smoke else
+           dict(vocab_size=512, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=2))
+  return transformers.Qwen2Config(max_position_embeddings=2048, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                                  rope_theta=10000.0, pad_token_id=0, **sizes)
+
+
+def our_params(hf: torch.nn.Module, config: ModelConfig) -> dict:
+  """The HF model's weights in our parameter layout (pure dict), via the model's key table."""
+  _, state = nnx.split(CausalLM(config, rngs=nnx.Rngs(0)), nnx.Param)
+  tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+  flat = dict(nnx.to_flat_state(state))
+  for rule in KEY_TABLES[config.family]:
+    if rule.path not in flat:
+      continue
+    var = flat[rule.path]
+    sizes = rule.sizes(var.shape)
+    keys = [rule.hf_key.format(i=i) for i in range(config.num_layers)] if rule.stacked else [rule.hf_key]
+    parts = [to_ours(rule, tensors[k], sizes, {}) for k in keys]
+    var.value = jnp.asarray(np.stack(parts) if rule.stacked else parts[0])
+  return nnx.to_pure_dict(state)
+
+
+def make_rows(*, vocab: int, prompt_len: int, response_len: int, rl_questions: int, demo_questions: int,
+              n: int, seed: int) -> batching.Rows:
+  """A mixed HPT batch through the real gate and router: all-wrong questions become demonstrations."""
+  rng = np.random.default_rng(seed)
+  q = rl_questions + demo_questions
+  prompts = [rng.integers(1, vocab, prompt_len) for _ in range(q)]
+  rollouts = [[rng.integers(1, vocab, response_len) for _ in range(n)] for _ in range(q)]
+  rewards = [np.zeros(n) if i >= rl_questions else rng.integers(0, 2, n).astype(float) for i in range(q)]
+  for i in range(rl_questions):
+    rewards[i][0] = 1.0  # at least one correct: stays RL under γ = 0
+  demos = [rng.integers(1, vocab, response_len) for _ in range(q)]
+  decision = hybrid.decide(hybrid.HardGate(threshold=hybrid.Threshold.of_count(0)),
+                           correct=np.array([int(r.sum()) for r in rewards]), num_rollouts=n)
+  return hybrid.route(decision, prompts=prompts, rollouts=rollouts, rollout_rewards=rewards, demos=demos)
+
+
+def step_flops(config: ModelConfig, *, rows: int, seq: int) -> float:
+  d, f, l, v = config.hidden_size, config.intermediate_size, config.num_layers, config.vocab_size
+  nh, kh, h = config.num_heads, config.num_kv_heads, config.head_dim
+  matmul_params = l * (d * nh * h * 2 + d * kh * h * 2 + 3 * d * f) + d * v
+  per_token_fwd = 2 * matmul_params + 4 * l * seq * nh * h
+  return 3.0 * per_token_fwd * rows * seq
+
+
+def matmul_peak(repeats: int) -> float:
+  n = 2048
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2.0 * n ** 3 / min(times)
+
+
+def torch_step_fn(hf, batch: batching.MicroBatches, *, width: int):
+  """A plain PyTorch step with the same arithmetic per micro-batch (Dr.GRPO advantages precomputed)."""
+  opt = torch.optim.AdamW(hf.parameters(), lr=5e-6, betas=(0.9, 0.999), weight_decay=0.01)
+  flat = lambda x: torch.from_numpy(np.asarray(x).reshape(-1, *np.asarray(x).shape[2:]))
+  tokens, positions = flat(batch.tokens).long(), flat(batch.positions).long()
+  attention, targets = flat(batch.attention_mask).long(), flat(batch.targets).long()
+  mask = flat(batch.response_mask)
+  demo = flat(batch.is_demo)
+  rewards, groups = flat(batch.rewards).double(), flat(batch.group_ids).long()
+  adv = torch.zeros_like(rewards)
+  for g in groups.unique():
+    idx = groups == g
+    adv[idx] = rewards[idx] - (rewards[idx].mean() if idx.sum() > 1 else 0.0)
+  adv = adv.float()
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    logits = hf(input_ids=tokens, attention_mask=attention, position_ids=positions).logits.float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets[..., None])[..., 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    on = mask & ~demo[:, None]
+    off = mask & demo[:, None]
+    ratio = torch.exp(logp - logp.detach())
+    rl = torch.where(on, -adv[:, None] * ratio, 0.0).sum() / width
+    sft = -torch.where(off, logp, 0.0).sum() / off.sum().clamp(min=1)
+    bonus = torch.where(mask, entropy, 0.0).sum() / mask.sum()
+    loss = rl + sft - ENTROPY_COEFF * bonus
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+    if torch.isfinite(norm) and norm <= 80.0:
+      opt.step()
+    return float(loss)
+
+  return step
+
+
+def timed(fn, repeats: int) -> tuple[float, list[float]]:
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    out = fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times), times, out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--smoke", action="store_true", help="tiny shapes, two repeats (CI)")
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  smoke = args.smoke
+  repeats = 2 if smoke else args.repeats
+  prompt_len, response_len = (8, 8) if smoke else (32, 64)
+  rl_questions, demo_questions, n = (3, 2, 2) if smoke else (15, 8, 8)
+
+  torch.manual_seed(0)
+  hf = transformers.Qwen2ForCausalLM(hf_config(smoke=smoke)).float()
+  config = ModelConfig.from_hf_config(hf.config.to_dict())
+  params = our_params(hf, config)
+  rows = make_rows(vocab=config.vocab_size, prompt_len=prompt_len, response_len=response_len,
+                   rl_questions=rl_questions, demo_questions=demo_questions, n=n, seed=0)
+  seq = prompt_len + response_len
+  batch = batching.pack(rows, config=batching.PackConfig(length_buckets=(seq,), rows_per_micro_batch=rows.num_rows))
+  tokens = rows.num_rows * seq
+
+  optimizer = optim_lib.make_optimizer(optim_lib.OptimConfig())
+  loss = LossConfig(algorithm=upge.HptRl(width=response_len), rl_width=response_len,
+                    entropy_coeff=ENTROPY_COEFF, logprob_chunk=2048)
+  step = TrainStep(config, loss=loss, optimizer=optimizer)
+  state = state_lib.create_train_state(config, optimizer, seed=0, params=params)
+  device_batch = step.place_batch(batch)
+
+  t = time.perf_counter()
+  state, metrics = step(state, device_batch)
+  jax.block_until_ready(state.params)
+  compile_s = time.perf_counter() - t
+  first_loss_jax = float(metrics["loss/total"])
+  holder = {"state": state}
+
+  def jax_step():
+    holder["state"], m = step(holder["state"], device_batch)
+    jax.block_until_ready(holder["state"].params)
+    return m
+
+  jax_s, jax_times, _ = timed(jax_step, repeats)
+
+  torch_step = torch_step_fn(hf, batch, width=response_len)
+  t = time.perf_counter()
+  first_loss_torch = torch_step()  # warm-up (also the same-weights check)
+  torch_warm_s = time.perf_counter() - t
+  torch_s, torch_times, _ = timed(torch_step, repeats)
+
+  peak = matmul_peak(3 if smoke else 5)
+  flops = step_flops(config, rows=rows.num_rows, seq=seq)
+  print(f"device: {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}; "
+        f"{rows.num_rows} sequences x {seq} tokens ({int(rows.is_demo.sum())} demonstration rows)")
+  print(f"first-step loss: ours {first_loss_jax:.6f}  torch {first_loss_torch:.6f}  "
+        f"(|diff| {abs(first_loss_jax - first_loss_torch):.2e})")
+  print(f"matmul peak (f32, 2048^2): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step {flops / 1e9:.2f} GFLOP")
+  print(f"ours : {tokens / jax_s:10.0f} tokens/s  step {jax_s * 1e3:8.1f} ms  MFU {flops / jax_s / peak:6.1%}  "
+        f"(compile + first step {compile_s:.1f} s)")
+  print(f"torch: {tokens / torch_s:10.0f} tokens/s  step {torch_s * 1e3:8.1f} ms  MFU {flops / torch_s / peak:6.1%}  "
+        f"(first step {torch_warm_s:.1f} s)")
+  print(f"speed-up ours/torch: {torch_s / jax_s:.2f}x (median of {repeats}; ours {[round(x * 1e3) for x in jax_times]} ms,"
+        f" torch {[round(x * 1e3) for x in torch_times]} ms)")
+
+
+if __name__ == "__main__":
+  main()
