@@ -5,15 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hpt_jax.models import CausalLM, init_cache, presets
-from hpt_jax.models.testing import padded_batch, valid_max_abs_diff
+from hpt_jax.models import init_cache, presets
+from hpt_jax.models.testing import padded_batch, random_model, valid_max_abs_diff
 
 PROMPT, STEPS, CACHE = 6, 16, 24  # cache longer than needed: unused slots must stay invisible
 
 
 def test_prefill_then_16_steps_equals_uncached_forward():
   config = presets.tiny(num_layers=2)
-  graphdef, params = nnx.split(CausalLM(config, rngs=nnx.Rngs(1)))
+  graphdef, params = nnx.split(random_model(config, seed=1))
   # Left-padded prompts (as the sampler builds them) followed by STEPS generated tokens; row 1 also
   # has a pad slot inside the generated part to check key_mask is taken from attention_mask.
   tokens, positions, mask = padded_batch(np.random.default_rng(1), vocab_size=config.vocab_size,

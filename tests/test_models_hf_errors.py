@@ -5,9 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
-from flax import nnx
 
-from hpt_jax.models import CausalLM, hf_io, presets, safetensors_io
+from hpt_jax.models import hf_io, presets, safetensors_io
+from hpt_jax.models.testing import random_model
 
 Q_WEIGHT = "model.layers.1.self_attn.q_proj.weight"
 
@@ -18,7 +18,7 @@ def checkpoint(tmp_path_factory):
   path = tmp_path_factory.mktemp("ckpt") / "good"
   config = presets.tiny(num_layers=2, hidden_size=64, intermediate_size=96, num_heads=4,
                         num_kv_heads=2, head_dim=16, vocab_size=64)
-  hf_io.save_pretrained(CausalLM(config, rngs=nnx.Rngs(0)), path)
+  hf_io.save_pretrained(random_model(config), path)
   return path
 
 

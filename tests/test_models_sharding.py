@@ -7,8 +7,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from hpt_jax.models import CausalLM, hf_io, init_cache, presets, sharding
-from hpt_jax.models.testing import padded_batch, valid_max_abs_diff
+from hpt_jax.models import hf_io, init_cache, presets, sharding
+from hpt_jax.models.factory import init_model
+from hpt_jax.models.testing import padded_batch, random_model, valid_max_abs_diff
 
 
 def test_logical_to_spec_follows_rules_and_drops_indivisible_axes():
@@ -29,7 +30,7 @@ def test_logical_to_spec_follows_rules_and_drops_indivisible_axes():
 
 def test_forward_on_fsdp4_tensor2_mesh_equals_single_device(tmp_path):
   config = presets.tiny(num_layers=2)
-  model = CausalLM(config, rngs=nnx.Rngs(2))
+  model = random_model(config, seed=2)
   graphdef, params = nnx.split(model)
   tokens, positions, mask = padded_batch(np.random.default_rng(2), vocab_size=config.vocab_size,
                                          length=12, left_pad=[0, 3, 1, 0], right_pad=[2, 0, 0, 0])
@@ -76,3 +77,20 @@ def test_cache_shardings_cover_every_field():
   assert placed.k.sharding.spec == P(None, "fsdp", None, "tensor", None)
   assert placed.key_mask.sharding.spec == P("fsdp", None)
   assert placed.k.addressable_shards[0].data.shape == (2, 2, 16, 1, 32)
+
+
+# Slow only because XLA:CPU compiles the threefry normal draws of every parameter (~15 s here).
+@pytest.mark.slow
+def test_init_model_materialises_each_shard_in_place():
+  config = presets.tiny(num_layers=2, hidden_size=64, intermediate_size=96, num_heads=4,
+                        num_kv_heads=2, head_dim=16, vocab_size=64)
+  mesh = sharding.make_mesh(fsdp=4, tensor=2)
+  params = nnx.state(init_model(config, seed=0, mesh=mesh))
+  want = sharding.param_shardings(params, mesh)
+  for (path, got), (_, spec) in zip(nnx.to_flat_state(params), nnx.to_flat_state(want)):
+    assert got.get_value().sharding.is_equivalent_to(spec.get_value(), got.get_value().ndim), path
+  # HF-style init: N(0, 0.02) kernels, zero biases, unit norm scales.
+  gate = np.asarray(params["layers"]["mlp"]["gate_proj"]["kernel"].get_value())
+  assert abs(gate.std() - 0.02) < 0.002 and abs(gate.mean()) < 0.002
+  assert not np.asarray(params["layers"]["self_attn"]["q_proj"]["bias"].get_value()).any()
+  np.testing.assert_array_equal(np.asarray(params["norm"]["scale"].get_value()), 1.0)

@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from hpt_jax.models import hf_keys, safetensors_io
 from hpt_jax.models.config import ModelConfig
+from hpt_jax.models.factory import abstract_model
 from hpt_jax.models.sharding import param_shardings
 from hpt_jax.models.transformer import CausalLM
 
@@ -147,8 +148,7 @@ def load_pretrained(path: str | os.PathLike, *, mesh: jax.sharding.Mesh | None =
   """
   config = ModelConfig.from_hf_config(read_hf_config(path), **config_overrides)
   tensors = open_tensors(path)
-  abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
-  graphdef, abs_state = nnx.split(abstract)
+  graphdef, abs_state = nnx.split(abstract_model(config))
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: device, abs_state)

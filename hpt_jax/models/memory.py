@@ -20,15 +20,14 @@ from flax import nnx
 
 from hpt_jax.models import sharding
 from hpt_jax.models.config import ModelConfig, RematPolicy
-from hpt_jax.models.transformer import CausalLM
+from hpt_jax.models.factory import abstract_model
 
 GIB = 2**30
 
 
 def abstract_params(config: ModelConfig) -> nnx.State:
   """The params state as ShapeDtypeStructs (with logical_axes metadata); allocates nothing."""
-  model = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
-  return nnx.state(model, nnx.Param)
+  return nnx.state(abstract_model(config), nnx.Param)
 
 
 def param_count(config: ModelConfig) -> int:

@@ -1,5 +1,7 @@
 """Small helpers for tests of the model and of code built on it (sampler, train step).
 
+`random_model` fills a model from host-side NumPy draws (no XLA compile, unlike NNX initialisers,
+and with non-trivial biases and norm scales so a mis-wired bias or norm cannot hide);
 `padded_batch` makes the left/right-padded token batches the model contract describes; `forward_fn`
 jits the functional (split/merge) forward that train and sampling code use.
 """
@@ -13,7 +15,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hpt_jax.models.config import ModelConfig
+from hpt_jax.models.factory import abstract_model
+from hpt_jax.models.transformer import CausalLM
 from hpt_jax.typing import Array
+
+
+def random_model(config: ModelConfig, *, seed: int = 0, scale: float = 0.02) -> CausalLM:
+  """A CausalLM with N(0, scale) kernels/embeddings/biases and N(1, 0.1) norm scales (NumPy draws)."""
+  rng = np.random.default_rng(seed)
+  graphdef, state = nnx.split(abstract_model(config))
+  filled = []
+  for path, variable in nnx.to_flat_state(state):
+    centre, spread = (1.0, 0.1) if path[-1] == "scale" else (0.0, scale)
+    value = rng.normal(centre, spread, variable.shape).astype(variable.dtype)
+    filled.append((path, variable.replace(jnp.asarray(value))))
+  return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
 def padded_batch(rng: np.random.Generator, *, vocab_size: int, length: int,
