@@ -88,15 +88,19 @@ class _Worker:
   conn: multiprocessing.connection.Connection
   ready_by: float  # the worker must have said "ready" by this time (perf_counter seconds).
   ready: bool = False
-  task: int | None = None  # index of the answer it is grading, None when idle.
-  deadline: float = 0.0
+  # Answers sent and not yet answered, in the order the worker grades them; the first is in progress.
+  tasks: collections.deque = dataclasses.field(default_factory=collections.deque)
+  deadline: float = 0.0  # for tasks[0].
 
 
 class RewardPool:
   """A pool of grading processes with a per-answer timeout; use as a context manager.
 
-  The timeout clock of an answer starts when a ready worker receives it; a replacement worker's start-up
-  (fork, warm-up) is not charged to any answer.
+  Each worker holds up to `prefetch` answers so that it never idles waiting for the caller to be
+  scheduled (on a loaded machine that ping-pong, not grading, dominated). An answer's clock starts when
+  the worker can start on it: when it is sent to an idle worker, or when the previous answer's result
+  arrives. A replacement worker's start-up (fork, warm-up) is charged to no answer; the answers queued
+  behind a killed one go back to the queue.
 
   Example:
     with RewardPool(num_workers=2, timeout_s=5.0) as pool:
@@ -105,14 +109,17 @@ class RewardPool:
   """
 
   def __init__(self, *, num_workers: int | None = None, timeout_s: float = 5.0,
-               startup_timeout_s: float = 120.0):
+               startup_timeout_s: float = 120.0, prefetch: int = 4):
     if timeout_s <= 0:
       raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if prefetch < 1:
+      raise ValueError(f"prefetch must be >= 1, got {prefetch}")
     self.num_workers = num_workers or os.cpu_count() or 1
     if self.num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     self.timeout_s = float(timeout_s)
     self.startup_timeout_s = float(startup_timeout_s)
+    self.prefetch = prefetch
     self._ctx = multiprocessing.get_context("forkserver")
     self._ctx.set_forkserver_preload(_PRELOAD)
     self._workers: list[_Worker] = []
@@ -137,7 +144,7 @@ class RewardPool:
     while len(self._workers) < self.num_workers:
       self._workers.append(self._spawn())
     while not all(w.ready for w in self._workers):
-      self._poll(results=[])
+      self._poll(results=[], queue=collections.deque())
 
   def close(self) -> None:
     """Stops every worker: a polite stop message, then kill whatever is still alive."""
@@ -154,8 +161,9 @@ class RewardPool:
       w.conn.close()
     self._workers = []
 
-  def _replace(self, i: int) -> None:
+  def _replace(self, i: int, queue: collections.deque) -> None:
     old = self._workers[i]
+    queue.extendleft(reversed(old.tasks))  # the answers it had not started, in their order.
     if old.process.is_alive():
       old.process.kill()
     old.process.join()
@@ -163,34 +171,44 @@ class RewardPool:
     self._workers[i] = self._spawn()
     self.restarts += 1
 
-  def _poll(self, results: list[Verdict | None]) -> None:
+  def _receive(self, i: int, results: list[Verdict | None], queue: collections.deque) -> None:
+    """Takes every message waiting from worker i."""
+    w = self._workers[i]
+    while True:
+      try:
+        if not w.conn.poll():
+          return
+        message = w.conn.recv()
+      except (EOFError, OSError):  # the worker died (mid-answer or during start-up).
+        if w.tasks:
+          results[w.tasks.popleft()] = Verdict.ERROR
+        elif not w.ready:
+          raise RuntimeError(f"reward worker {i} died during start-up (exit code {w.process.exitcode})") \
+              from None
+        self._replace(i, queue)
+        return
+      if not w.ready:
+        w.ready = message == _worker.READY
+        continue
+      results[w.tasks.popleft()] = Verdict(message)
+      w.deadline = time.perf_counter() + self.timeout_s  # the next answer starts now.
+
+  def _poll(self, results: list[Verdict | None], queue: collections.deque) -> None:
     """Waits for the next event (a result, a ready signal, a deadline) and handles all that happened."""
-    waiting = [w for w in self._workers if w.task is not None or not w.ready]
+    waiting = [w for w in self._workers if w.tasks or not w.ready]
     if not waiting:
       return
     next_deadline = min(w.deadline if w.ready else w.ready_by for w in waiting)
     ready_conns = multiprocessing.connection.wait(
         [w.conn for w in waiting], timeout=max(0.0, next_deadline - time.perf_counter()))
-    now = time.perf_counter()
     for i, w in enumerate(self._workers):
       if w.conn in ready_conns:
-        try:
-          message = w.conn.recv()
-        except (EOFError, OSError):  # the worker died (mid-answer or during start-up).
-          if w.task is not None:
-            results[w.task] = Verdict.ERROR
-          elif not w.ready:
-            raise RuntimeError(f"reward worker {i} died during start-up (exit code {w.process.exitcode})")
-          self._replace(i)
-          continue
-        if not w.ready:
-          w.ready = message == _worker.READY
-        else:
-          results[w.task] = Verdict(message)
-          w.task = None
-      elif w.task is not None and now >= w.deadline:
-        results[w.task] = Verdict.TIMEOUT
-        self._replace(i)
+        self._receive(i, results, queue)
+    now = time.perf_counter()
+    for i, w in enumerate(self._workers):
+      if w.tasks and now >= w.deadline:
+        results[w.tasks.popleft()] = Verdict.TIMEOUT
+        self._replace(i, queue)
       elif not w.ready and now >= w.ready_by:
         raise RuntimeError(f"reward worker {i} not ready after {self.startup_timeout_s} s")
 
@@ -208,16 +226,18 @@ class RewardPool:
     self.start()
     results: list[Verdict | None] = [None] * len(responses)
     queue = collections.deque(range(len(responses)))
-    while queue or any(w.task is not None for w in self._workers):
+    while queue or any(w.tasks for w in self._workers):
       for i, w in enumerate(self._workers):
-        if w.ready and w.task is None and queue:
+        while w.ready and queue and len(w.tasks) < self.prefetch:
           task = queue.popleft()
           try:
             w.conn.send((responses[task], truths[task], variant.value))
           except (OSError, ValueError):  # died while idle: requeue the answer, replace the worker.
             queue.appendleft(task)
-            self._replace(i)
-            continue
-          w.task, w.deadline = task, time.perf_counter() + self.timeout_s
-      self._poll(results)
+            self._replace(i, queue)
+            break
+          if not w.tasks:
+            w.deadline = time.perf_counter() + self.timeout_s
+          w.tasks.append(task)
+      self._poll(results, queue)
     return _pack(results, start)
