@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from hpt_jax.data import Sampler
+from hpt_jax.data import EpochSampler
 
 
 def take(sampler, n):
@@ -14,7 +14,7 @@ def take(sampler, n):
 
 def test_each_epoch_is_a_fresh_permutation_with_drop_last():
   n, b = 23, 5  # 4 batches per epoch, 3 examples dropped each epoch.
-  s = Sampler(num_examples=n, batch_size=b, seed=47)
+  s = EpochSampler(num_examples=n, batch_size=b, seed=47)
   assert s.steps_per_epoch == 4
   epochs = [np.concatenate(take(s, 4)) for _ in range(3)]
   for e in epochs:
@@ -27,21 +27,21 @@ def test_each_epoch_is_a_fresh_permutation_with_drop_last():
 
 
 def test_same_seed_same_order_different_seed_different_order():
-  a = take(Sampler(num_examples=50, batch_size=8, seed=1), 6)
-  b = take(Sampler(num_examples=50, batch_size=8, seed=1), 6)
-  c = take(Sampler(num_examples=50, batch_size=8, seed=2), 6)
+  a = take(EpochSampler(num_examples=50, batch_size=8, seed=1), 6)
+  b = take(EpochSampler(num_examples=50, batch_size=8, seed=1), 6)
+  c = take(EpochSampler(num_examples=50, batch_size=8, seed=2), 6)
   assert all(np.array_equal(x, y) for x, y in zip(a, b))
   assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
 def test_resume_after_save_restore_continues_at_the_same_position():
-  reference = Sampler(num_examples=37, batch_size=4, seed=3)
+  reference = EpochSampler(num_examples=37, batch_size=4, seed=3)
   expected = take(reference, 20)  # crosses two epoch boundaries (9 batches per epoch).
-  s = Sampler(num_examples=37, batch_size=4, seed=3)
+  s = EpochSampler(num_examples=37, batch_size=4, seed=3)
   head = take(s, 11)
   saved = json.loads(json.dumps(s.state_dict()))  # what a checkpoint stores
   assert saved == {"seed": 3, "epoch": 1, "step": 2, "num_examples": 37, "global_batch_size": 4}
-  restored = Sampler.from_state(saved, batch_size=4, num_examples=37)
+  restored = EpochSampler.from_state(saved, batch_size=4, num_examples=37)
   tail = take(restored, 9)
   for got, want in zip(head + tail, expected):
     np.testing.assert_array_equal(got, want)
@@ -49,8 +49,8 @@ def test_resume_after_save_restore_continues_at_the_same_position():
 
 def test_host_shards_partition_the_global_batch():
   n, per_host, hosts = 50, 3, 4
-  single = Sampler(num_examples=n, batch_size=per_host * hosts, seed=5)
-  shards = [Sampler(num_examples=n, batch_size=per_host, seed=5, process_index=p, process_count=hosts)
+  single = EpochSampler(num_examples=n, batch_size=per_host * hosts, seed=5)
+  shards = [EpochSampler(num_examples=n, batch_size=per_host, seed=5, process_index=p, process_count=hosts)
             for p in range(hosts)]
   for _ in range(9):  # 4 batches per epoch: crosses epochs.
     global_batch = next(single)
@@ -62,15 +62,15 @@ def test_host_shards_partition_the_global_batch():
 
 
 def test_restore_checks_sizes():
-  s = Sampler(num_examples=40, batch_size=4, seed=0, process_count=2)
+  s = EpochSampler(num_examples=40, batch_size=4, seed=0, process_count=2)
   state = s.state_dict()
   with pytest.raises(ValueError, match="global batch"):
-    Sampler.from_state(state, batch_size=4, process_count=1)
+    EpochSampler.from_state(state, batch_size=4, process_count=1)
   with pytest.raises(ValueError, match="40 examples"):
-    Sampler.from_state(state, batch_size=4, process_count=2, num_examples=41)
+    EpochSampler.from_state(state, batch_size=4, process_count=2, num_examples=41)
   with pytest.raises(KeyError, match="epoch"):
-    Sampler.from_state({"seed": 0}, batch_size=4)
+    EpochSampler.from_state({"seed": 0}, batch_size=4)
   with pytest.raises(ValueError, match="smaller than one global batch"):
-    Sampler(num_examples=5, batch_size=4, seed=0, process_count=2)
+    EpochSampler(num_examples=5, batch_size=4, seed=0, process_count=2)
   with pytest.raises(ValueError, match="process_index"):
-    Sampler(num_examples=50, batch_size=4, seed=0, process_index=2, process_count=2)
+    EpochSampler(num_examples=50, batch_size=4, seed=0, process_index=2, process_count=2)

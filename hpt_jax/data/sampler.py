@@ -57,8 +57,8 @@ def advance(state: SamplerState) -> SamplerState:
   return dataclasses.replace(state, step=state.step + 1)
 
 
-class Sampler:
-  """Iterator of this host's index batches; `state_dict()` / `Sampler.from_state(...)` to resume.
+class EpochSampler:
+  """Iterator of this host's index batches; `state_dict()` / `EpochSampler.from_state(...)` to resume.
 
   Args:
     num_examples: dataset size N.
@@ -103,7 +103,7 @@ class Sampler:
 
   @classmethod
   def from_state(cls, state: Mapping[str, int], *, batch_size: int, process_index: int = 0,
-                 process_count: int = 1, shuffle: bool = True, num_examples: int | None = None) -> Sampler:
+                 process_count: int = 1, shuffle: bool = True, num_examples: int | None = None) -> EpochSampler:
     """Rebuilds a sampler at a saved position; the sizes must match the ones the state was made for.
 
     Args:
