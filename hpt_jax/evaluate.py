@@ -39,6 +39,11 @@ _PROMPT_BUCKETS = flags.DEFINE_list("prompt_buckets", ["64", "128", "256", "512"
                                     "Static prompt lengths of the sampler.")
 _RESPONSE_BUCKETS = flags.DEFINE_list("response_buckets", ["64", "256", "1024", "4096", "8192"],
                                       "Static response lengths of the sampler.")
+_PROMPT_STYLE = flags.DEFINE_enum(
+    "prompt_style", "harness", ["harness", "chat", "llama_zero"],
+    "harness: chat template + 'Please reason step by step...' system message (the paper's evaluation); "
+    "chat: the training chat template (its default system prompt, e.g. the built-in task's); "
+    "llama_zero: HPT's Llama zero prompt for base Llama checkpoints.")
 _COMPARE = flags.DEFINE_list(
     "compare", None, "name=output_dir pairs of finished runs to compare instead of evaluating a model.")
 _REWARD_WORKERS = flags.DEFINE_integer("reward_workers", 4, "Grading processes (0: grade in-process).")
@@ -94,8 +99,9 @@ def main(argv):
   pool = pool_lib.RewardPool(num_workers=_REWARD_WORKERS.value, timeout_s=_REWARD_TIMEOUT.value) \
       if _REWARD_WORKERS.value > 0 else None
   try:
-    evaluator = build.build_evaluator(loaded, buckets=buckets, batch_rows=_BATCH_ROWS.value,
-                                      seed=_SEED.value, pool=pool)
+    evaluator = build.build_evaluator(loaded, prompt_style=build.PromptStyle(_PROMPT_STYLE.value),
+                                      buckets=buckets, batch_rows=_BATCH_ROWS.value, seed=_SEED.value,
+                                      pool=pool)
     scores = evaluator.evaluate(loaded.params, jobs, output_dir=output_dir)
   finally:
     if pool is not None:

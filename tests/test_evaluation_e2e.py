@@ -1,5 +1,5 @@
-"""End to end on a tiny random Qwen2 (built with `transformers`, saved with save_pretrained) and a
-tokenizer trained here: HF import → harness prompts → jitted sampler → verifier → results, table,
+"""End to end on a tiny random Qwen2 (built with `transformers`, saved with save_pretrained) and the
+built-in task's locally trained tokenizer: HF import → harness prompts → jitted sampler → verifier → results, table,
 JSON and plot; an interrupted run resumes, skipping finished problems, and matches an uninterrupted one.
 """
 
@@ -14,47 +14,62 @@ from hpt_jax.evaluation import build
 from hpt_jax.evaluation import results as res
 from hpt_jax.rewards import verifier
 
-_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-  import tokenizers
+def builtin_task(tmp_path_factory):
+  from hpt_jax import data
+  return data.materialize_builtin_task(tmp_path_factory.mktemp("builtin"), data.BuiltinTaskConfig(
+      levels=(1, 2), train_per_level=30, eval_per_level=3, vocab_size=300))
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory, builtin_task):
+  """A tiny random Qwen2 saved by `transformers`, with the built-in task's tokenizer (ChatML template)."""
   import torch
   import transformers
-  from tokenizers import decoders, models, pre_tokenizers, trainers
 
   path = tmp_path_factory.mktemp("tiny_qwen")
-  corpus = [build.SIMPLERL_SYSTEM_PROMPT, "system user assistant"] + [
-      f"What is {a} plus {a + 3}? The answer is \\boxed{{{2 * a + 3}}}." for a in range(50)]
-  tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(corpus, trainers.BpeTrainer(
-      vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                              pad_token="<|endoftext|>")
-  fast.chat_template = _CHAT
-  fast.save_pretrained(path)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(builtin_task.tokenizer_dir)
+  tokenizer.save_pretrained(path)
   config = transformers.Qwen2Config(
-      vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-      num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-      eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+      vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
   torch.manual_seed(0)
   transformers.Qwen2ForCausalLM(config).save_pretrained(path)
   return path
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("bench")
+def data_dir(builtin_task):
+  path = builtin_task.root / "eval"  # holds builtin.parquet; the public-schema files go next to it
   math500 = [{"problem": f"What is {a} plus {a + 3}?", "answer": str(2 * a + 3), "level": 1 + a % 3,
               "unique_id": f"test/algebra/{a}.json", "subject": "Algebra", "solution": "-"} for a in range(5)]
   (path / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in math500))
   amc = [{"id": i, "problem": f"Compute {i} times 2.", "answer": float(2 * i), "url": "-"} for i in range(3)]
   (path / "amc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in amc))
   return path
+
+
+def test_builtin_heldout_file_and_prompt_styles(builtin_task, data_dir):
+  import transformers
+  from hpt_jax.data import arithmetic
+  problems = evaluation.load_benchmark("builtin", evaluation.find_benchmark_file(data_dir, "builtin"))
+  expected = [p for level in (1, 2) for p in arithmetic.generate_distinct(seed=0, level=level, count=3)]
+  assert [(p.problem_id, p.question, p.answer, p.level) for p in problems] == [
+      (str(i), e.question, e.answer, str(e.level)) for i, e in enumerate(expected)]
+  tok = transformers.AutoTokenizer.from_pretrained(builtin_task.tokenizer_dir)
+  q = problems[0].question
+  im = lambda role, text: f"<|im_start|>{role}\n{text}<|im_end|>\n"  # noqa: E731
+  assert build.make_render(build.PromptStyle.HARNESS, tok)(q) == (
+      im("system", build.SIMPLERL_SYSTEM_PROMPT) + im("user", q) + "<|im_start|>assistant\n")
+  # CHAT keeps the template's own default system prompt: the one the built-in task trains with.
+  from hpt_jax import data
+  assert build.make_render(build.PromptStyle.CHAT, tok)(q) == (
+      im("system", data.BUILTIN_SYSTEM_PROMPT) + im("user", q) + "<|im_start|>assistant\n")
+  assert build.make_render(build.PromptStyle.LLAMA_ZERO, tok)(q) == (
+      f"Question:\n{q}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+      "\nAnswer:\nLet's think step by step.")
 
 
 @pytest.fixture
@@ -82,7 +97,7 @@ class CountingBackend:
 
 def _jobs(data_dir):
   return [evaluation.make_job(name, evaluation.find_benchmark_file(data_dir, name), num_samples=2,
-                              max_new_tokens=8) for name in ("math500", "amc")]
+                              max_new_tokens=8) for name in ("math500", "amc", "builtin")]
 
 
 @pytest.mark.slow
@@ -103,14 +118,14 @@ def test_tiny_model_end_to_end_with_resume(hf_dir, data_dir, tmp_path, cli_flags
   evaluator.backend = CountingBackend(real)
   scores = evaluator.evaluate(loaded.params, jobs, output_dir=out)
   resumed = [pid for call in evaluator.backend.sampled for pid in call]
-  assert len(resumed) == (5 - 2) + 3  # finished problems are not sampled again
+  assert len(resumed) == (5 - 2) + 3 + 6  # finished problems are not sampled again
   paths = evaluation.write_report(scores, out, run_name="tiny")
 
   # An uninterrupted run draws exactly the same samples (per-row keys from seed, problem, sample index).
   evaluator.backend = real
   fresh = evaluator.evaluate(loaded.params, jobs, output_dir=tmp_path / "fresh")
   assert fresh == scores
-  for name in ("math500", "amc"):
+  for name in ("math500", "amc", "builtin"):
     resumed_rows = res.read_results(res.results_path(out, name))
     fresh_rows = res.read_results(res.results_path(tmp_path / "fresh", name))
     key = lambda r: r.problem_id  # noqa: E731
@@ -123,8 +138,9 @@ def test_tiny_model_end_to_end_with_resume(hf_dir, data_dir, tmp_path, cli_flags
     assert scores[name] == expected
 
   table = paths.table_md.read_text()
-  assert table.splitlines()[0] == "| Model | AMC | MATH-500 | ID Avg |"
-  row = f"| tiny | {100 * scores['amc'].avg_at_k:.1f} | {100 * scores['math500'].avg_at_k:.1f} |"
+  assert table.splitlines()[0] == "| Model | builtin | Avg | AMC | MATH-500 | ID Avg |"
+  pct = {name: f"{100 * score.avg_at_k:.1f}" for name, score in scores.items()}
+  row = f"| tiny | {pct['builtin']} | {pct['builtin']} | {pct['amc']} | {pct['math500']} |"
   assert table.splitlines()[2].startswith(row)
   data = json.loads(paths.table_json.read_text())
   assert data["runs"]["tiny"]["benchmarks"]["math500"]["num_problems"] == 5
@@ -135,7 +151,7 @@ def test_tiny_model_end_to_end_with_resume(hf_dir, data_dir, tmp_path, cli_flags
   # The CLI with the same settings writes the same table (and grades in a reward pool).
   from hpt_jax import evaluate
   cli_flags(["evaluate", f"--hf_dir={hf_dir}", f"--data_dir={data_dir}", f"--output_dir={tmp_path / 'cli'}",
-             "--benchmarks=math500,amc", "--run_name=tiny", "--num_samples=2", "--max_new_tokens=8",
+             "--benchmarks=math500,amc,builtin", "--run_name=tiny", "--num_samples=2", "--max_new_tokens=8",
              "--batch_rows=4", "--prompt_buckets=64,128", "--response_buckets=8", "--reward_workers=1"])
   evaluate.main([])
   assert (tmp_path / "cli" / "results.md").read_text() == table

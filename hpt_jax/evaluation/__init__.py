@@ -2,7 +2,7 @@
 
 The real sampler backend, grader and HF assembly live in submodules so that importing this package stays
 light (no model, sampler or sympy imports): `evaluation.backends.SamplerBackend`,
-`evaluation.grading.RewardGrader`, `evaluation.build.{load_hf_model, build_evaluator, harness_render}`.
+`evaluation.grading.RewardGrader`, `evaluation.build.{load_hf_model, build_evaluator, make_render, PromptStyle}`.
 """
 
 from hpt_jax.evaluation.benchmarks import BENCHMARKS
