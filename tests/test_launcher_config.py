@@ -21,27 +21,30 @@ def tiny():
 def test_every_shipped_config_parses(path):
   cfg = load_config_file(path)
   assert isinstance(cfg, c.TrainConfig)
-  c.algorithm_name(cfg.phases[0].algorithm)
+  assert cfg.total_steps >= 1
 
 
 def test_builtin_tiny_validates_on_8_devices(tiny):
   model = c.validate(tiny, num_devices=8)
   assert model.vocab_size == 512
-  assert c.algorithm_name(tiny.phases[0].algorithm) is algorithms.AlgorithmName.HPT
-  assert tiny.mesh.shape(8) == (8, 1, 1)
+  assert tiny.phases[0].rows is c.RowSource.GATE
+  assert isinstance(tiny.phases[0].loss.algorithm, algorithms.HptRl) and tiny.phases[0].loss.sft
 
 
 def test_algorithm_flag_and_overrides(tiny):
   cfg = c.build_config(tiny, algorithm="grpo", overrides=(
-      "optim.learning_rate=1e-6", "phases.0.algorithm.epsilon_high=0.28", "phases.0.steps=3"))
-  assert isinstance(cfg.phases[0].algorithm, algorithms.Grpo)
-  assert cfg.phases[0].algorithm.epsilon_high == 0.28
+      "optim.learning_rate=1e-6", "phases.0.loss.algorithm.epsilon_high=0.28", "phases.0.steps=3"))
+  assert isinstance(cfg.phases[0].loss.algorithm, algorithms.Grpo)
+  assert cfg.phases[0].rows is c.RowSource.ROLLOUTS and not cfg.phases[0].loss.sft
+  assert cfg.phases[0].loss.algorithm.epsilon_high == 0.28
   assert cfg.optim.learning_rate == 1e-6 and cfg.total_steps == 3
 
 
 def test_two_phase_config_steps_map_to_phases(tiny):
-  cfg = dataclasses.replace(tiny, phases=(c.Phase(algorithm=algorithms.Sft(), steps=2),
-                                          c.Phase(algorithm=algorithms.Grpo(), steps=3)))
+  sft, grpo = c.baseline("sft", width=96), c.baseline("grpo", width=96)
+  cfg = dataclasses.replace(tiny, phases=(c.Phase(loss=sft[0], rows=sft[1], steps=2),
+                                          c.Phase(loss=grpo[0], rows=grpo[1], steps=3)))
+  assert cfg.phases[0].rows is c.RowSource.DEMOS
   assert [cfg.phase_at(s)[0] for s in range(5)] == [0, 0, 1, 1, 1]
   with pytest.raises(ValueError, match="past the last phase"):
     cfg.phase_at(5)
@@ -51,7 +54,7 @@ def test_two_phase_config_steps_map_to_phases(tiny):
 
 @pytest.mark.parametrize("overrides, field", [
     (("batch.rows_per_micro_batch=12",), "batch.rows_per_micro_batch"),
-    (("batch.prompts_per_step=3", "sampling.rollouts_per_prompt=1"), "batch.prompts_per_step"),
+    (("mesh.data=2", "batch.prompts_per_step=3", "sampling.rollouts_per_prompt=1"), "batch.prompts_per_step"),
     (("batch.rows_per_optimizer_step=48",), "batch.rows_per_optimizer_step"),
     (("sampling.response_buckets=(512,)", "data.max_response_length=512"), "data.max_response_length"),
     (("data.max_response_length=128",), "sampling.response_buckets"),
@@ -59,7 +62,10 @@ def test_two_phase_config_steps_map_to_phases(tiny):
     (("model.hf_dir=/nonexistent/model",), "model.hf_dir"),
     (("model.tokenizer_dir=/nonexistent/tok",), "model.tokenizer_dir"),
     (("validation.file=/nonexistent/math500.jsonl",), "validation.file"),
-    (("mesh.tensor=3",), "mesh"),
+    (("mesh.tensor=16",), "mesh"),
+    (("mesh.data=8", "batch.rows_per_micro_batch=4", "batch.rows_per_optimizer_step=64"),
+     "batch.rows_per_micro_batch"),
+    (("phases.0.loss.official_ranks=3",), "phases.0.loss.official_ranks"),
     (("gate.gamma_fraction=0.25",), "gate"),
     (("phases.0.steps=-1",), "phases.0.steps"),
     (("optim.nonexistent=1",), "optim.nonexistent"),
@@ -72,6 +78,18 @@ def test_impossible_configurations_are_refused_naming_the_field(tiny, overrides,
 def test_unknown_algorithm_lists_the_known_ones(tiny):
   with pytest.raises(ConfigError, match="algorithm.*'ppg'.*known: .*hpt"):
     c.build_config(tiny, algorithm="ppg")
+  with pytest.raises(ConfigError, match="algorithm: 'ppo' cannot be run.*runnable: .*luffy"):
+    c.build_config(tiny, algorithm="ppo")
+
+
+@pytest.mark.parametrize("name", ["sft", "grpo", "dr_grpo", "dapo", "cispo", "gspo", "luffy", "srft", "hpt"])
+def test_every_runnable_baseline_builds_and_validates(tiny, name):
+  cfg = c.build_config(tiny, algorithm=name)
+  c.validate(cfg, num_devices=8)
+  loss = cfg.phases[0].loss
+  # HPT / LUFFY / SRFT use the official constant-width normaliser at the configured response width.
+  if name in ("hpt", "luffy", "srft"):
+    assert loss.rl_width == tiny.data.max_response_length == loss.algorithm.width
 
 
 def test_max_positions_from_hf_dir_and_rope_override(tiny, tmp_path):

@@ -70,8 +70,8 @@ class CheckpointConfig:
 def _abstract(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings when known) describing `tree`, for a sharded restore."""
   def leaf(x):
-    if isinstance(x, jax.ShapeDtypeStruct):
-      return x
+    if isinstance(x, (jax.ShapeDtypeStruct, np.ndarray, np.generic)):
+      return x  # Host NumPy leaves (e.g. the gate's state) are restored as NumPy.
     return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
   return jax.tree.map(leaf, tree)
 

@@ -17,14 +17,15 @@ then the next phase, with one step counter, one checkpoint directory and one met
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
-import math
 import pathlib
-from typing import Any
 
 from hpt_jax.hybrid import DemoLoss, HardGate, Threshold
+from hpt_jax.hybrid.objective import AdvantageEstimator, LossConfig, LossMode
 from hpt_jax.models import ModelConfig, presets
 from hpt_jax.training.checkpoint import CheckpointConfig
+from hpt_jax.training.mesh import MeshConfig
 from hpt_jax.training.metrics import LoggingConfig
 from hpt_jax.training.optimizer import OptimConfig
 from hpt_jax.training.overrides import ConfigError, apply_overrides
@@ -137,33 +138,6 @@ class BatchConfig:
 
 
 @_section
-class MeshConfig:
-  """Device mesh `data × fsdp × tensor`; -1 in one axis takes the remaining devices."""
-  data: int = -1
-  fsdp: int = 1
-  tensor: int = 1
-
-  def shape(self, num_devices: int) -> tuple[int, int, int]:
-    sizes = [self.data, self.fsdp, self.tensor]
-    names = ["mesh.data", "mesh.fsdp", "mesh.tensor"]
-    if sizes.count(-1) > 1:
-      raise ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(names, sizes))}")
-    for name, size in zip(names, sizes):
-      if size != -1 and size < 1:
-        raise ConfigError(f"{name} must be >= 1 or -1, got {size}")
-    known = math.prod(s for s in sizes if s != -1)
-    if -1 in sizes:
-      if num_devices % known:
-        raise ConfigError(f"mesh: {num_devices} devices do not divide by the fixed axes "
-                          f"{dict(zip(names, sizes))}")
-      sizes[sizes.index(-1)] = num_devices // known
-    if math.prod(sizes) != num_devices:
-      raise ConfigError(f"mesh: data × fsdp × tensor = {math.prod(sizes)} but {num_devices} devices "
-                        "are available")
-    return tuple(sizes)
-
-
-@_section
 class ValidationConfig:
   """Periodic validation on held-out problems with the evaluator.
 
@@ -174,6 +148,7 @@ class ValidationConfig:
     samples_per_problem: n_val (8 in the official code).
     temperature: 0.6 in the official code (top-p 1.0, as its validation path really ran).
     file: a benchmark file in a public schema; None uses held-out built-in problems.
+    benchmark: the evaluation package's name of `file`'s benchmark (its schema and grading).
   """
   every_steps: int = 10
   before_training: bool = False
@@ -181,13 +156,69 @@ class ValidationConfig:
   samples_per_problem: int = 1
   temperature: float = 0.6
   file: pathlib.Path | None = None
+  benchmark: str = "math500"
+
+
+class RowSource(enum.Enum):
+  """Which training rows a question contributes in a phase."""
+  GATE = "gate"  # HPT: the gate picks the rollouts (RL) or the demonstration (SFT)
+  ROLLOUTS = "rollouts"  # on-policy RL baselines: always the n rollouts
+  DEMOS = "demos"  # SFT: only the demonstration, no sampling at all
+  ROLLOUTS_AND_DEMOS = "rollouts_and_demos"  # LUFFY / SRFT: rollouts + demonstration, one group
 
 
 @_section
 class Phase:
-  """One phase of training: an algorithm from the UPGE table run for `steps` steps."""
-  algorithm: Any = algorithms.Hpt()
+  """One phase of training: `steps` steps with the train step's `loss` on `rows`.
+
+  `loss.advantage` names the estimator; the loop computes Â over the whole step's rows before they
+  are split into mini-batches (as the official code does), and hands them to the step as given.
+  """
+  loss: LossConfig = LossConfig(algorithm=algorithms.HptRl(width=8192), rl_width=8192)
+  rows: RowSource = RowSource.GATE
   steps: int = 500
+
+
+def baseline(name: str | algorithms.AlgorithmName, *, width: int) -> tuple[LossConfig, RowSource]:
+  """The (loss, rows) of a named algorithm as the paper's comparisons run it.
+
+  Args:
+    name: a name from the UPGE table.
+    width: the constant response width T of the official Σ/T normaliser (max response length).
+
+  Raises:
+    ConfigError: naming `algorithm` for unknown names, and for table entries the loop cannot run
+      (PPO needs a value model; the HPT branches alone are not baselines).
+  """
+  try:
+    key = algorithms.parse_algorithm_name(name)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  a = algorithms.AlgorithmName
+  on_policy = lambda algo, adv: (LossConfig(algorithm=algo, sft=False, mode=LossMode.GLOBAL, advantage=adv,
+                                            entropy_coeff=0.0, rl_width=width), RowSource.ROLLOUTS)
+  official = dict(mode=LossMode.OFFICIAL, advantage=AdvantageEstimator.DR_GRPO, entropy_coeff=0.001,
+                  rl_width=width)
+  table = {
+      a.SFT: lambda: (LossConfig(algorithm=None, sft=True, mode=LossMode.GLOBAL, entropy_coeff=0.0,
+                                 rl_width=width), RowSource.DEMOS),
+      a.GRPO: lambda: on_policy(algorithms.Grpo(), AdvantageEstimator.GRPO),
+      a.DR_GRPO: lambda: on_policy(algorithms.DrGrpo(width=width), AdvantageEstimator.DR_GRPO),
+      a.DAPO: lambda: on_policy(algorithms.Dapo(), AdvantageEstimator.GRPO),
+      a.CISPO: lambda: on_policy(algorithms.Cispo(), AdvantageEstimator.GRPO),
+      a.GSPO: lambda: on_policy(algorithms.Gspo(), AdvantageEstimator.GRPO),
+      a.LUFFY: lambda: (LossConfig(algorithm=algorithms.Luffy(width=width, entropy_coeff=0.0), sft=False,
+                                   **official), RowSource.ROLLOUTS_AND_DEMOS),
+      a.SRFT: lambda: (LossConfig(algorithm=algorithms.Srft(width=width, entropy_coeff=0.0), sft=False,
+                                  **official), RowSource.ROLLOUTS_AND_DEMOS),
+      a.HPT: lambda: (LossConfig(algorithm=algorithms.HptRl(width=width), sft=True, **official),
+                      RowSource.GATE),
+  }
+  if key not in table:
+    runnable = ", ".join(k.value for k in table)
+    raise ConfigError(f"algorithm: {key.value!r} cannot be run by the training loop (PPO needs a value "
+                      f"model; hpt_rl / hpt_sft are HPT's branches); runnable: {runnable}")
+  return table[key]()
 
 
 @_section
@@ -221,26 +252,14 @@ class TrainConfig:
 
 
 def with_algorithm(config: TrainConfig, name: str) -> TrainConfig:
-  """Runs every phase with the named baseline from the UPGE table, at its default hyperparameters.
+  """Runs every phase with the named baseline (see `baseline`), at its default hyperparameters.
 
   Raises:
     ConfigError: naming `algorithm` and listing the known names when `name` is not in the table.
   """
-  try:
-    algorithm = algorithms.make_algorithm(name)
-  except ValueError as e:
-    raise ConfigError(str(e)) from e
+  loss, rows = baseline(name, width=config.data.max_response_length)
   return dataclasses.replace(
-      config, phases=tuple(dataclasses.replace(p, algorithm=algorithm) for p in config.phases))
-
-
-def algorithm_name(algorithm: Any) -> algorithms.AlgorithmName:
-  """The table name of an algorithm instance."""
-  for name, cls in algorithms.ALGORITHMS.items():
-    if type(algorithm) is cls:
-      return name
-  known = ", ".join(n.value for n in algorithms.AlgorithmName)
-  raise ConfigError(f"algorithm: {type(algorithm).__name__} is not in the UPGE table; known: {known}")
+      config, phases=tuple(dataclasses.replace(p, loss=loss, rows=rows) for p in config.phases))
 
 
 def resolve_model_config(source: ModelSource) -> ModelConfig:
@@ -277,7 +296,6 @@ def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
   _require_file(config.validation.file, "validation.file")
   model = resolve_model_config(config.model)
   for i, phase in enumerate(config.phases):
-    algorithm_name(phase.algorithm)
     if phase.steps < 0:
       raise ConfigError(f"phases.{i}.steps must be >= 0, got {phase.steps}")
   if not config.phases or config.total_steps < 1:
@@ -304,12 +322,14 @@ def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
     if getattr(batch, name) < 1:
       raise ConfigError(f"batch.{name} must be >= 1, got {getattr(batch, name)}")
 
-  data_axis, fsdp, _ = config.mesh.shape(num_devices)
-  batch_shards = data_axis * fsdp
+  if config.mesh.size > num_devices:
+    raise ConfigError(f"mesh: data × fsdp × tensor = {config.mesh.size} but only {num_devices} devices "
+                      "are available")
+  batch_shards = config.mesh.batch_shards
   if batch.rows_per_micro_batch % batch_shards:
     raise ConfigError(
         f"batch.rows_per_micro_batch={batch.rows_per_micro_batch} is not divisible by the mesh's "
-        f"batch shards (mesh.data × mesh.fsdp = {data_axis} × {fsdp} = {batch_shards})")
+        f"batch shards (mesh.data × mesh.fsdp = {batch_shards})")
   if batch.rows_per_optimizer_step % batch.rows_per_micro_batch:
     raise ConfigError(
         f"batch.rows_per_optimizer_step={batch.rows_per_optimizer_step} is not a multiple of "
@@ -319,6 +339,10 @@ def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
     raise ConfigError(
         f"batch.prompts_per_step: {batch.prompts_per_step} prompts × {sampling.rollouts_per_prompt} "
         f"rollouts = {rollout_rows} rows are not divisible by the mesh's batch shards ({batch_shards})")
+  for i, phase in enumerate(config.phases):
+    if phase.loss.mode is LossMode.OFFICIAL and batch.rows_per_micro_batch % phase.loss.official_ranks:
+      raise ConfigError(f"phases.{i}.loss.official_ranks={phase.loss.official_ranks} does not divide "
+                        f"batch.rows_per_micro_batch={batch.rows_per_micro_batch}")
   config.gate.build()
   if config.validation.every_steps < 0:
     raise ConfigError(f"validation.every_steps must be >= 0, got {config.validation.every_steps}")
