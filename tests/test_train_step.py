@@ -248,7 +248,10 @@ def test_sharded_step_equals_single_device_and_skips_bad_gradients():
   (p_one, m_one), (p_mesh, m_mesh) = results
   for key in ("loss/total", "optim/grad_norm"):
     np.testing.assert_allclose(m_mesh[key], m_one[key], rtol=1e-5)
-  _assert_tree_close(p_mesh, p_one, rtol=1e-5, atol=1e-6)
+  # Absolute 1e-5 (the issue's bound): k_proj's bias has an exactly-zero true gradient (softmax is
+  # invariant to q·b), so its float noise, which differs with the reduction order, is what Adam
+  # normalises; every other parameter agrees far more tightly.
+  _assert_tree_close(p_mesh, p_one, rtol=0, atol=1e-5)
   moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(p_one), jax.tree.leaves(before)))
   assert moved > 1e-4  # lr 1e-3 Adam: the update moved parameters
 
@@ -265,3 +268,21 @@ def test_sharded_step_equals_single_device_and_skips_bad_gradients():
   assert not np.isfinite(float(metrics["optim/grad_norm"]))
   _assert_tree_close(jax.device_get(new_state.params), params_before, rtol=0, atol=0)
   _assert_tree_close(jax.device_get(new_state.opt_state.inner), opt_before.inner, rtol=0, atol=0)
+
+
+def test_bf16_compute_keeps_fp32_master_weights(params, official_no_entropy):
+  """Mixed precision: the model computes in bf16, gradients and master weights stay fp32."""
+  # Same shapes as the fp32 tests above, so the fp32 side reuses their compiled step.
+  rows = _rows(hybrid.HardGate(threshold=hybrid.Threshold.of_count(1)), seed=4, q=3, n=3, all_wrong=(0,))
+  batch = batching.pack(rows, config=PACK)
+  assert rows.is_demo.any() and batch.tokens.shape[:2] == (1, 8)
+  bf16 = TrainStep(CFG.replace(dtype_policy=models.DTypePolicy.BFLOAT16), loss=official_no_entropy.loss_config,
+                   optimizer=official_no_entropy.optimizer)
+  loss16, grads16, _ = bf16.loss_and_grads(params, batch)
+  loss32, grads32, _ = official_no_entropy.loss_and_grads(params, batch)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))
+  np.testing.assert_allclose(float(loss16), float(loss32), rtol=2e-2)
+  g16 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads16)])
+  g32 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads32)])
+  cosine = g16 @ g32 / (np.linalg.norm(g16) * np.linalg.norm(g32))
+  assert cosine > 0.99, cosine

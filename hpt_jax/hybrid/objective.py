@@ -17,7 +17,8 @@ OFFICIAL is the official code's arithmetic (PAPER.md §2.3 step 10): its SFT wei
 grows with the number of micro-batches holding demonstrations. PAPER is Alg. 1 / Eq. 13 read
 literally, L = (1/Q) Σ_q α_q L_RL,q + β_q L_SFT,q, with the code's Dr.GRPO RL (no std, no clip)
 and a constant length normaliser T_c (`rl_width`; T_c = 1 is Eq. 11 verbatim, which only rescales
-RL against SFT). GLOBAL serves the clean baselines (GRPO token-mean over the whole batch, ...).
+RL against SFT); n_q is the row count of the row's advantage group, so PAPER expects demonstrations in
+their own group (the HPT routing, not `demo_joins_group`). GLOBAL serves the clean baselines (GRPO token-mean over the whole batch, ...).
 All three add the entropy bonus −c_H·(token-mean entropy over every row) as a term of its own.
 
 Every term is a `upge.LossTerm(total, denom)`; how totals and denominators are combined across
