@@ -13,13 +13,31 @@ import re
 _INT_RE = re.compile(r"-?\d+")
 
 
+def _matching_brace(s: str, open_pos: int) -> int:
+  depth = 0
+  for i in range(open_pos, len(s)):
+    if s[i] == "{":
+      depth += 1
+    elif s[i] == "}":
+      depth -= 1
+      if depth == 0:
+        return i
+  return -1
+
+
 def _braced_fracs(s: str) -> str:
-  r"""`\frac12` → `\frac{1}{2}`, `\frac1{2}` → `\frac{1}{2}`; already-braced parts are kept."""
+  r"""`\frac12`, `\frac1{2}`, `\frac{1}2` → `\frac{1}{2}`; fully braced fractions are kept."""
   parts = s.split("\\frac")
   out = parts[0]
   for part in parts[1:]:
     out += "\\frac"
-    if not part or part[0] == "{":
+    if not part:
+      continue
+    if part[0] == "{":
+      # `\frac{3}4`: braced numerator, bare one-character denominator.
+      close = _matching_brace(part, 0)
+      if 0 < close < len(part) - 1 and part[close + 1] not in "{ ":
+        part = part[:close + 1] + "{" + part[close + 1] + "}" + part[close + 2:]
       out += part
       continue
     if len(part) < 2:  # `\frac1` with no denominator: malformed, keep the text as it is.

@@ -170,7 +170,8 @@ def normalize_prm(expr: str) -> str:
 
 def split_tuple(expr: str) -> list[str]:
   """Splits `(a,b)` / `[a,b)` / `\\{a,b\\}` at top-level commas; anything else is one element."""
-  expr = _THOUSANDS_RE.sub(r"\1\2", expr)
+  while _THOUSANDS_RE.search(expr):  # "1,234,567": each pass removes one separator per group.
+    expr = _THOUSANDS_RE.sub(r"\1\2", expr)
   expr = expr.replace("\\left", "").replace("\\right", "").replace("\\{", "{").replace("\\}", "}")
   expr = expr.strip()
   if len(expr) <= 2 or expr[0] not in _TUPLE_OPEN or expr[-1] not in _TUPLE_CLOSE:
