@@ -12,7 +12,9 @@ PROMPT, STEPS, CACHE = 6, 16, 24  # cache longer than needed: unused slots must 
 
 
 def test_prefill_then_16_steps_equals_uncached_forward():
-  config = presets.tiny(num_layers=2)
+  # Query-chunked attention (chunk 4) also runs here: the 22-token reference and the 6-token prefill
+  # both end in a padded partial chunk, and must still equal the one-token steps.
+  config = presets.tiny(num_layers=2, attention_query_chunk=4)
   graphdef, params = nnx.split(random_model(config, seed=1))
   # Left-padded prompts (as the sampler builds them) followed by STEPS generated tokens; row 1 also
   # has a pad slot inside the generated part to check key_mask is taken from attention_mask.

@@ -104,3 +104,8 @@ def test_memory_estimate_matches_hand_count():
                                 mesh_shape={"fsdp": 8}, micro_batch=8, seq_len=1024)
   assert none.activations > est.activations
   assert est.total == est.params + est.grads + est.optimizer + est.activations
+  # Query-chunked attention: FULL-remat activations drop by exactly the unchunked minus chunked
+  # float32 scores + probabilities of one layer, 2 N T (T - C) x 4 bytes for the single local row.
+  chunked = memory.estimate_memory(config.replace(attention_query_chunk=256),
+                                   mesh_shape={"fsdp": 8}, micro_batch=8, seq_len=1024)
+  assert est.activations - chunked.activations == 2 * 28 * 1024 * (1024 - 256) * 4

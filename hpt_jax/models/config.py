@@ -115,6 +115,7 @@ class ModelConfig:
   eos_token_id: int | tuple[int, ...] | None = None
   dtype_policy: DTypePolicy = DTypePolicy.FLOAT32
   remat: RematPolicy = RematPolicy.NONE
+  attention_query_chunk: int | None = None  # see attention.attend: bounds score memory at long T
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -124,6 +125,9 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "
                        f"num_kv_heads ({self.num_kv_heads})")
+    if self.attention_query_chunk is not None and self.attention_query_chunk <= 0:
+      raise ValueError(f"ModelConfig.attention_query_chunk must be positive, got "
+                       f"{self.attention_query_chunk}")
     if self.head_dim % 2:
       raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
     if isinstance(self.eos_token_id, list):

@@ -72,25 +72,30 @@ def _activation_bytes(config: ModelConfig, *, rows: int, seq_len: int, tensor: i
   Per token, one layer's tensors (in the compute dtype unless noted):
     width-D tensors: layer input, two norm outputs, attention output, residual: 5 D
     q, k, v: (N + 2K) H;  MLP gate, up, silu(gate), product: 4 F
-    attention scores and probabilities in float32: 2 N S (this implementation materialises them)
+  plus float32 attention scores and probabilities, 2 N S per query; with
+  `config.attention_query_chunk` = C only one chunk's are alive ([rows, C, S]) and none are saved.
   Head/MLP/vocab dims are divided by `tensor` when it divides them (as the sharding rules do).
   RematPolicy.NONE keeps all of it for every layer; FULL keeps only the layer input per layer plus
   one layer's working set; SAVE_DOTS keeps the matmul outputs (q, k, v, attention output, gate, up,
-  scores) per layer. The float32 logits [rows, seq_len or chunk, V] come on top.
+  and unchunked scores) per layer. The float32 logits [rows, seq_len or chunk, V] come on top.
   """
   d, f, n, k, h = (config.hidden_size, config.intermediate_size, config.num_heads,
                    config.num_kv_heads, config.head_dim)
   split = lambda dim: dim // tensor if dim % tensor == 0 else dim
   act = jnp.dtype(config.dtype).itemsize
   tokens = rows * seq_len
-  scores = 2 * split(n) * seq_len * 4
-  full_layer = tokens * ((5 * d + (split(n) + 2 * split(k)) * h + 4 * split(f)) * act + scores)
-  dots_layer = tokens * (((split(n) + 2 * split(k)) * h + d + 2 * split(f)) * act + scores // 2)
+  query_rows = min(config.attention_query_chunk or seq_len, seq_len)
+  scores_live = rows * query_rows * 2 * split(n) * seq_len * 4
+  scores_saved = 0 if config.attention_query_chunk else scores_live
+  dense = tokens * (5 * d + (split(n) + 2 * split(k)) * h + 4 * split(f)) * act
+  dots = tokens * ((split(n) + 2 * split(k)) * h + d + 2 * split(f)) * act
   per_layer_input = tokens * d * act
+  working_set = dense + scores_live
   saved = {
-      RematPolicy.NONE: config.num_layers * full_layer,
-      RematPolicy.FULL: config.num_layers * per_layer_input + full_layer,
-      RematPolicy.SAVE_DOTS: config.num_layers * (dots_layer + per_layer_input) + full_layer,
+      RematPolicy.NONE: config.num_layers * (dense + scores_saved) + scores_live,
+      RematPolicy.FULL: config.num_layers * per_layer_input + working_set,
+      RematPolicy.SAVE_DOTS: (config.num_layers * (dots + scores_saved // 2 + per_layer_input)
+                              + working_set),
   }[config.remat]
   logits = rows * (logits_chunk or seq_len) * split(config.vocab_size) * 4
   return saved + logits

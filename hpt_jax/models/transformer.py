@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hpt_jax.models import rope
+from hpt_jax.models.attention import attend
 from hpt_jax.models.cache import KVCache
 from hpt_jax.models.config import ModelConfig, RematPolicy
 from hpt_jax.models.sharding import constrain
@@ -85,29 +86,6 @@ class OutDense(Dense):
                  if config.o_bias else None)
 
 
-def attend(q: Array, keys: Array, values: Array, mask: Array) -> Array:
-  """Grouped-query softmax attention, scores and softmax in float32.
-
-  Args:
-    q: [B, T, N, H] (RoPE applied).
-    keys, values: [B, S, K, H].
-    mask: [B, T, S] bool, True = query t may attend key slot s.
-  Returns:
-    [B, T, N, H] in q's dtype. A query with no valid key gets the uniform average (finite, and
-    ignored downstream because such queries are padding).
-  """
-  b, t, n, h = q.shape
-  k_heads = keys.shape[2]
-  chex.assert_shape(mask, (b, t, keys.shape[1]))
-  qg = q.reshape(b, t, k_heads, n // k_heads, h)                        # [B, T, K, G, H]
-  scores = jnp.einsum("btkgh,bskh->bkgts", qg, keys,
-                      preferred_element_type=jnp.float32) * (h ** -0.5)  # [B, K, G, T, S]
-  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs, values)                   # [B, T, K, G, H]
-  return out.reshape(b, t, n, h)
-
-
 class Attention(nnx.Module):
   """GQA self-attention with RoPE; writes its new keys/values for the caller to cache."""
 
@@ -122,6 +100,7 @@ class Attention(nnx.Module):
                         kernel_axes=("embed", "kv_heads", "head_dim"), bias=config.qkv_bias,
                         rngs=rngs)
     self.o_proj = OutDense(config, rngs=rngs)
+    self.query_chunk = config.attention_query_chunk
 
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array,
                cached: tuple[Array, Array, Array] | None) -> tuple[Array, Array, Array]:
@@ -146,7 +125,8 @@ class Attention(nnx.Module):
       k_layer, v_layer, index = cached
       keys = jax.lax.dynamic_update_slice(k_layer, k.astype(k_layer.dtype), (0, index, 0, 0))
       values = jax.lax.dynamic_update_slice(v_layer, v.astype(v_layer.dtype), (0, index, 0, 0))
-    out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+    out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask,
+                 query_chunk=self.query_chunk)
     return self.o_proj("btnh,nhd->btd", out), k, v
 
 
