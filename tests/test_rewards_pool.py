@@ -57,6 +57,14 @@ def test_long_repetition_is_rejected_fast(pool):
   assert batch.verdicts == (Verdict.REJECTED, Verdict.CORRECT)
 
 
+def test_power_tower_scores_zero(pool):
+  # sympy's guard refuses stacked exponents; math-verify compares 10^10^10 symbolically (no expansion).
+  start = time.perf_counter()
+  batch = pool.score(["\\boxed{10^{10^{10}}}", "\\boxed{10^{10^{10}}}"], ["1", "10^{10^{10}}"])
+  assert time.perf_counter() - start < 2 * pool.timeout_s
+  np.testing.assert_array_equal(batch.scores, [0.0, 1.0])
+
+
 def test_worker_crash_is_an_error_not_a_dead_run(pool):
   # Kill a worker from outside while it grades the tower: its answer is an ERROR, the rest still score.
   victim = pool._workers[0].process
