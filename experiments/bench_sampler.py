@@ -10,6 +10,7 @@ Compile time is reported separately and excluded from our tokens/s (one program 
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -62,12 +63,13 @@ def time_ours(sampler: Sampler, params, prompts, *, new_tokens: int, repeats: in
   out = sampler.generate(params, prompts, strategy=strategy, max_new_tokens=new_tokens, seed=0)
   first = time.perf_counter() - start
   assert int(out.output.mask.sum()) == len(prompts) * new_tokens
-  times = []
+  times, cpu = [], []
   for seed in range(1, repeats + 1):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     sampler.generate(params, prompts, strategy=strategy, max_new_tokens=new_tokens, seed=seed)
     times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+    cpu.append(time.process_time() - start_cpu)
+  return first, statistics.median(times), statistics.median(cpu)
 
 
 def time_hf(hf, prompts, *, new_tokens: int, prompt_len: int, repeats: int) -> float:
@@ -79,14 +81,18 @@ def time_hf(hf, prompts, *, new_tokens: int, prompt_len: int, repeats: int) -> f
   kwargs = dict(attention_mask=torch.tensor(mask), max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                 pad_token_id=PAD, eos_token_id=None)
-  times = []
+  times, cpu = [], []
   with torch.inference_mode():
+    # Warm-up (lazy torch / generate setup), excluded as our compile is.
+    hf.generate(torch.tensor(ids[:2]), **{**kwargs, "attention_mask": kwargs["attention_mask"][:2],
+                                           "max_new_tokens": 2, "min_new_tokens": 2})
     for _ in range(repeats):
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       out = hf.generate(torch.tensor(ids), **kwargs)
       times.append(time.perf_counter() - start)
+      cpu.append(time.process_time() - start_cpu)
   assert out.shape == (len(prompts), prompt_len + new_tokens), out.shape
-  return statistics.median(times)
+  return statistics.median(times), statistics.median(cpu)
 
 
 def main():
@@ -110,16 +116,31 @@ def main():
   sampler = Sampler(decoder, eos_ids=[NO_EOS], pad_id=PAD,
                     buckets=Buckets(prompt=(prompt_bucket,), response=(new_tokens,)))
 
-  first, ours = time_ours(sampler, params, prompts, new_tokens=new_tokens, repeats=repeats)
-  theirs = time_hf(hf, prompts, new_tokens=new_tokens, prompt_len=prompt_bucket, repeats=repeats)
+  first, ours, ours_cpu = time_ours(sampler, params, prompts, new_tokens=new_tokens,
+                                   repeats=repeats)
+  # torch's OpenMP pool degrades badly when the cores are shared, so transformers is timed with one
+  # thread and with torch's default, and compared at its faster setting.
+  default_threads = torch.get_num_threads()
+  hf_runs = {}
+  for threads in sorted({1, default_threads}):
+    torch.set_num_threads(threads)
+    hf_runs[threads] = time_hf(hf, prompts, new_tokens=new_tokens, prompt_len=prompt_bucket,
+                               repeats=repeats)
+  torch.set_num_threads(default_threads)
+  best_threads = min(hf_runs, key=lambda t: hf_runs[t][0])
+  theirs, theirs_cpu = hf_runs[best_threads]
   total = sequences * new_tokens
-  print(f"device: {jax.devices()[0].platform} x{jax.device_count()}, torch threads "
-        f"{torch.get_num_threads()}; {sequences} sequences x {new_tokens} new tokens, prompts "
+  # CPU seconds (all threads of this process) are printed too: on a shared machine wall time
+  # depends on the other load, CPU time much less.
+  print(f"device: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} CPUs, load "
+        f"average {os.getloadavg()[0]:.1f}; {sequences} sequences x {new_tokens} new tokens, prompts "
         f"left-padded to {prompt_bucket}, median of {repeats}")
-  print(f"hpt_jax sampler:        {total / ours:10.1f} tokens/s  ({ours:.3f} s; first call incl. "
-        f"compile {first:.2f} s)")
-  print(f"transformers.generate:  {total / theirs:10.1f} tokens/s  ({theirs:.3f} s)")
-  print(f"ratio (ours / transformers): {theirs / ours:.2f}x")
+  print(f"hpt_jax sampler:        {total / ours:10.1f} tokens/s  ({ours:.3f} s wall, {ours_cpu:.3f} s "
+        f"CPU; first call incl. compile {first:.2f} s)")
+  for threads, (wall, cpu) in hf_runs.items():
+    print(f"transformers.generate:  {total / wall:10.1f} tokens/s  ({wall:.3f} s wall, {cpu:.3f} s "
+          f"CPU; torch threads {threads})")
+  print(f"ratio (ours / transformers): {theirs / ours:.2f}x wall, {theirs_cpu / ours_cpu:.2f}x CPU")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,12 @@
-"""Rollout engine: sampling strategies, the jitted prefill + while-loop decoder, a host wrapper."""
+"""Rollout engine: sampling strategies, the jitted prefill + while-loop decoder, a host wrapper.
 
+  strategies.py  Greedy / Categorical(temperature, top_k, top_p), the top-k / top-p filters.
+  loop.py        `generate` (prefill + lax.while_loop), `sample` (n per prompt, per-row keys), `jit_sample`.
+  lm.py          `CausalLMDecoder`: the Flax CausalLM as the loop's `DecodeModel`.
+  sampler.py     `Sampler`: bucketing, left padding, device placement, detokenization.
+"""
+
+from hpt_jax.sampling.lm import CausalLMDecoder
 from hpt_jax.sampling.loop import DecodeModel
 from hpt_jax.sampling.loop import FinishReason
 from hpt_jax.sampling.loop import SampleOutput
@@ -23,6 +30,7 @@ from hpt_jax.sampling.strategies import top_p_logits
 __all__ = [
     "Buckets",
     "Categorical",
+    "CausalLMDecoder",
     "DecodeModel",
     "FinishReason",
     "Greedy",
