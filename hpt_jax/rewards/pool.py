@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hpt_jax.rewards import _worker
-from hpt_jax.rewards.verifier import GroundTruth, Variant, Verdict, verdict, _truths
+from hpt_jax.rewards.verifier import GroundTruth, Variant, Verdict, verdict, ground_truth_list
 
 _PRELOAD = ["hpt_jax.rewards._worker"]
 
@@ -63,7 +63,7 @@ def _check_inputs(responses: Sequence[str], ground_truths: Sequence[GroundTruth]
     if not isinstance(response, str):
       raise TypeError(f"responses[{i}] must be str, got {type(response).__name__}")
     try:
-      truths.append(_truths(truth))
+      truths.append(ground_truth_list(truth))
     except (TypeError, ValueError) as e:
       raise ValueError(f"ground_truths[{i}] is invalid: {e}") from e
   return truths

@@ -47,7 +47,12 @@ class Verdict(enum.Enum):
 
 
 class Variant(enum.Enum):
-  """Which reward function: HPT v6 grades the whole response, LUFFY only the text after `</think>`."""
+  """Which reward function: HPT v6 grades the whole response, LUFFY only the text after `</think>`.
+
+  LUFFY_THINK is "LUFFY-style": it has LUFFY's format rule (no `</think>` -> 0, grade only what follows)
+  but grades the last box there with the v6 tests. LUFFY's own reward instead runs math-verify's
+  default extraction over the whole post-`</think>` text, which can also credit an unboxed answer.
+  """
   HPT_V6 = "hpt_v6"
   LUFFY_THINK = "luffy_think"
 
@@ -110,7 +115,8 @@ def grade_answer(given: str, ground_truth: str) -> Verdict:
   return Verdict.WRONG
 
 
-def _truths(ground_truth: GroundTruth) -> list[str]:
+def ground_truth_list(ground_truth: GroundTruth) -> list[str]:
+  """The acceptable answers as strings; a bad ground truth raises naming its type."""
   if isinstance(ground_truth, str):
     return [ground_truth]
   if isinstance(ground_truth, bool):
@@ -121,7 +127,7 @@ def _truths(ground_truth: GroundTruth) -> list[str]:
     items = ground_truth.tolist() if hasattr(ground_truth, "tolist") else list(ground_truth)
     out = []
     for item in items:
-      out.extend(_truths(item))
+      out.extend(ground_truth_list(item))
     if not out:
       raise ValueError("ground_truth is an empty list")
     return out
@@ -139,7 +145,7 @@ def verdict(response: str, ground_truth: GroundTruth, *, variant: Variant = Vari
   """
   if not isinstance(response, str):
     raise TypeError(f"response must be str, got {type(response).__name__}")
-  truths = _truths(ground_truth)
+  truths = ground_truth_list(ground_truth)
   text = response
   if variant is Variant.LUFFY_THINK:
     text = extract.after_think(response)
