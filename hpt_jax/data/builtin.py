@@ -107,5 +107,8 @@ def materialize_builtin_task(directory: str | pathlib.Path,
   write_openr1([arithmetic.to_openr1_row(p, index=i, split="train") for i, p in enumerate(train_rows)],
                task.train_file)
   build_tokenizer(texts, task.tokenizer_dir, vocab_size=config.vocab_size, system_prompt=config.system_prompt)
-  manifest_path.write_text(json.dumps(_manifest(config), indent=1))
+  # Last and atomic: a manifest means every file above is complete (another process may be reading).
+  tmp = manifest_path.with_name("manifest.json.tmp")
+  tmp.write_text(json.dumps(_manifest(config), indent=1))
+  tmp.replace(manifest_path)
   return task
