@@ -70,6 +70,8 @@ def test_score_benchmark_mixed_n_and_average():
   assert metrics.BenchmarkScore.from_json(score.to_json()) == score
   other = metrics.score_benchmark(benchmark="b", num_samples=[1, 1], num_correct=[1, 0])
   assert metrics.average_over_benchmarks([score, other]) == pytest.approx((score.avg_at_k + 0.5) / 2)
+  # Averaged pass@k only exists for k every benchmark has (other has n = 1).
+  assert metrics.average_pass_at_k([score, other]) == {1: pytest.approx((score.pass_at_k[1] + 0.5) / 2)}
 
 
 def test_bad_counts_are_refused():

@@ -61,6 +61,9 @@ def test_results_table_shape_and_values(tmp_path):
   assert lines[3] == "| hpt | – | – | 75.0 | 75.0 | 75.0 | – | – | – |"
   assert data["runs"]["base"]["averages"] == {"Avg": 0.5, "ID Avg": 0.625, "OOD Avg": 0.5}
   assert data["runs"]["hpt"]["averages"]["OOD Avg"] is None
+  # pass@2 with n = 2 is the fraction of problems with any correct sample: aime24 1/2, math500 2/2.
+  assert data["runs"]["base"]["pass_at_k_averages"]["ID Avg"] == {"1": 0.625, "2": 0.75}
+  assert data["runs"]["hpt"]["pass_at_k_averages"]["OOD Avg"] is None
   md, js = report.write_results_table(scores, tmp_path)
   assert md.read_text() == markdown and json.loads(js.read_text()) == data
 

@@ -26,6 +26,7 @@ from hpt_jax.evaluation.evaluator import write_report
 from hpt_jax.evaluation.metrics import BenchmarkScore
 from hpt_jax.evaluation.metrics import avg_at_k
 from hpt_jax.evaluation.metrics import average_over_benchmarks
+from hpt_jax.evaluation.metrics import average_pass_at_k
 from hpt_jax.evaluation.metrics import pass_at_k
 from hpt_jax.evaluation.metrics import pass_at_k_curve
 from hpt_jax.evaluation.metrics import score_benchmark
@@ -45,7 +46,7 @@ __all__ = [
     "BENCHMARKS", "Backend", "BenchmarkJob", "BenchmarkScore", "BenchmarkSpec", "ComparisonPaths",
     "Completion", "Evaluator",
     "ExclusiveSolves", "Grader", "Grading", "Problem", "ProblemResult", "Protocol", "ReportPaths",
-    "ResultWriter", "avg_at_k", "average_over_benchmarks", "compare_runs", "exclusive_solves", "exclusive_solves_table",
+    "ResultWriter", "avg_at_k", "average_over_benchmarks", "average_pass_at_k", "compare_runs", "exclusive_solves", "exclusive_solves_table",
     "find_benchmark_file", "get_benchmark", "load_benchmark", "load_run", "make_job", "pass_at_k",
     "pass_at_k_curve", "plot_pass_at_k", "read_results", "results_table", "score_benchmark",
     "score_results", "write_report", "write_results_table",

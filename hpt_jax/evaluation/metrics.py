@@ -156,3 +156,11 @@ def average_over_benchmarks(scores: Sequence[BenchmarkScore]) -> float:
   if not scores:
     raise ValueError("cannot average over an empty list of benchmarks")
   return float(np.mean([s.avg_at_k for s in scores]))
+
+
+def average_pass_at_k(scores: Sequence[BenchmarkScore]) -> dict[int, float]:
+  """Unweighted mean over benchmarks of pass@k, for every k every benchmark has (k <= the smallest n)."""
+  if not scores:
+    raise ValueError("cannot average over an empty list of benchmarks")
+  k_max = min(s.num_samples for s in scores)
+  return {k: float(np.mean([s.pass_at_k[k] for s in scores])) for k in range(1, k_max + 1)}

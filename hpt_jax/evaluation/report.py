@@ -55,7 +55,9 @@ def results_table(scores: Scores) -> tuple[str, dict]:
 
   Returns:
     (markdown, data); data = {"columns": [...], "runs": {run: {"benchmarks": {name: score json},
-    "averages": {header: value or None}}}} with fractions in [0, 1]; the Markdown shows percent.
+    "averages": {header: avg@k mean or None}, "pass_at_k_averages": {header: {k: mean pass@k} or None}}}}
+    with fractions in [0, 1] (pass@k averaged for k up to the group's smallest n); the Markdown shows
+    percent.
   """
   if not scores:
     raise ValueError("results_table needs at least one run")
@@ -65,7 +67,7 @@ def results_table(scores: Scores) -> tuple[str, dict]:
   lines = ["| Model | " + " | ".join(headers) + " |", "|---" * (len(cols) + 1) + "|"]
   data: dict = {"columns": headers, "runs": {}}
   for run, by_bench in scores.items():
-    cells, averages = [], {}
+    cells, averages, pass_averages = [], {}, {}
     for header, members in cols:
       if members is None:
         score = by_bench.get(header)
@@ -74,12 +76,15 @@ def results_table(scores: Scores) -> tuple[str, dict]:
       if all(b in by_bench for b in members):
         avg = metrics.average_over_benchmarks([by_bench[b] for b in members])
         averages[header] = avg
+        pass_averages[header] = {str(k): v for k, v in metrics.average_pass_at_k(
+            [by_bench[b] for b in members]).items()}
         cells.append(f"{100 * avg:.1f}")
       else:
-        averages[header] = None
+        averages[header] = pass_averages[header] = None
         cells.append("–")
     lines.append(f"| {run} | " + " | ".join(cells) + " |")
-    data["runs"][run] = {"benchmarks": {b: s.to_json() for b, s in by_bench.items()}, "averages": averages}
+    data["runs"][run] = {"benchmarks": {b: s.to_json() for b, s in by_bench.items()}, "averages": averages,
+                         "pass_at_k_averages": pass_averages}
   return "\n".join(lines) + "\n", data
 
 
