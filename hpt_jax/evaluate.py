@@ -1,4 +1,4 @@
-"""`python -m hpt_jax.evaluate`: evaluate a model on benchmarks under the paper's protocol.
+r"""`python -m hpt_jax.evaluate`: evaluate a model on benchmarks under the paper's protocol.
 
 Example:
   python -m hpt_jax.evaluate --hf_dir=/ckpt/hpt-7b --data_dir=/data/eval \
