@@ -8,6 +8,7 @@ builds its parsers lazily on first use, which can take longer than a per-answer 
 from __future__ import annotations
 
 import logging
+import signal
 
 from hpt_jax.rewards.verifier import Variant, Verdict, verdict
 
@@ -21,6 +22,8 @@ def serve(conn) -> None:
   """Says READY, then answers `(response, truths, variant_value)` messages with a `Verdict` value
   until `None` arrives. A grader exception is reported as ERROR for that answer; the worker goes on.
   """
+  # Ctrl-C in a terminal reaches the whole process group; the pool's owner decides when workers stop.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   conn.send(READY)
   while True:
     try:
