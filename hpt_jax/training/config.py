@@ -21,6 +21,7 @@ import enum
 import json
 import pathlib
 
+from hpt_jax.data import PromptTemplate
 from hpt_jax.hybrid import DemoLoss, HardGate, Threshold
 from hpt_jax.hybrid.objective import AdvantageEstimator, LossConfig, LossMode
 from hpt_jax.models import ModelConfig, presets
@@ -63,17 +64,28 @@ class DataConfig:
     builtin_problems: number of generated problems of the built-in task.
     builtin_levels: difficulty levels of the built-in task.
     builtin_seed: seed of the built-in task's generator.
+    builtin_dir: where the built-in task's files are written (reused when they match); default
+      `<workdir>/builtin_task`.
     max_prompt_length: prompts longer than this (after templating) are dropped.
     max_response_length: rollouts stop and demonstrations are truncated here (8192 in the paper).
     shuffle_seed: seed of the resumable data sampler (47 in the official code).
+    template: how questions become prompts (chat template, or Llama's zero-shot text).
+    max_bad_fraction: the share of malformed rows tolerated (skipped and reported) when loading.
+    reward_workers: processes scoring rewards.
+    reward_timeout_s: per-answer verifier time limit (a timed-out answer scores 0 and is counted).
   """
   train_file: pathlib.Path | None = None
   builtin_problems: int = 2048
   builtin_levels: tuple[int, ...] = (1, 2, 3, 4, 5)
   builtin_seed: int = 0
+  builtin_dir: pathlib.Path | None = None
   max_prompt_length: int = 1024
   max_response_length: int = 8192
   shuffle_seed: int = 47
+  template: PromptTemplate = PromptTemplate.CHAT
+  max_bad_fraction: float = 0.01
+  reward_workers: int = 2
+  reward_timeout_s: float = 5.0
 
 
 @_section

@@ -1,0 +1,311 @@
+"""The training loop: rollouts → rewards → gate → rows → mini-batch updates → metrics → checkpoints.
+
+One training step (PAPER.md §2.3):
+  1. the data sampler yields `batch.prompts_per_step` questions;
+  2. `rollout_phase.collect` samples n rollouts each, scores them in the reward pool, routes each
+     question through the phase's row source (HPT's gate, all rollouts, all demonstrations, or
+     both) and returns the rows;
+  3. Â is computed over all the step's rows (the phase's estimator), then the rows are cut into
+     mini-batches of `batch.rows_per_optimizer_step` (the paper: 2 optimizer steps per 1,024 rows),
+     each packed into static [M, Bm, L] micro-batches and given to the jitted train step. The first
+     mini-batch is exactly on-policy, so its π_old is stop_gradient(π_θ); later ones use the log-probs
+     the sampler recorded with the step's starting parameters (no extra forward pass);
+  4. metrics are written (JSONL, TensorBoard, progress bar, a log line), validation runs every
+     `validation.every_steps`, a checkpoint every `checkpoint.every_steps` and after the last step.
+
+Exact resume: all randomness is indexed by the step (the sampler's seed is a hash of (seed, step)
+and the data sampler's position is checkpointed), so restarting from a checkpoint reproduces the
+uninterrupted run. SFT→GRPO is two `Phase`s of the same loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+from flax import nnx
+
+from hpt_jax import hybrid
+from hpt_jax import sampling
+from hpt_jax.hybrid.objective import AdvantageEstimator, compute_advantages
+from hpt_jax.sampling.lm import CausalLMDecoder
+from hpt_jax.training import distributed
+from hpt_jax.training import rollout_phase
+from hpt_jax.training.batching import PackConfig, Rows, pack
+from hpt_jax.training.checkpoint import BestTracker, Checkpointer
+from hpt_jax.training.config import RowSource, TrainConfig, validate
+from hpt_jax.training import mesh as mesh_lib
+from hpt_jax.training.batching import FIELD_NDIMS
+from hpt_jax.training.data_source import TrainingData
+from hpt_jax.training.metrics import MetricsWriter
+from hpt_jax.training.optimizer import make_optimizer
+from hpt_jax.training.overrides import ConfigError
+from hpt_jax.training.progress import Progress
+from hpt_jax.training.optimizer import OptimConfig
+from hpt_jax.training.state import (TrainState, abstract_params, create_train_state, model_graphdef,
+                                    state_shardings)
+from hpt_jax.training.train_step import TrainStep
+from hpt_jax.training.validation import Validator
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+  """What a `train` call did: steps completed (in total), where outputs are, last metrics."""
+  steps: int
+  outputs: dict[str, pathlib.Path]
+  last_metrics: dict[str, float]
+
+
+def step_seed(seed: int, step: int) -> int:
+  """The sampling seed of training step `step`: a hash of (seed, step), the same on every host."""
+  return int(np.random.SeedSequence([seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def take_rows(rows: Rows, lo: int, hi: int, *, keep_old_logp: bool) -> Rows:
+  """Rows [lo, hi) of `rows`; without old log-probs when the policy has not moved yet."""
+  sl = slice(lo, hi)
+  return Rows(
+      prompts=list(rows.prompts[sl]), responses=list(rows.responses[sl]),
+      old_logp=list(rows.old_logp[sl]) if keep_old_logp and rows.old_logp is not None else None,
+      is_demo=rows.is_demo[sl], group_ids=rows.group_ids[sl], question_index=rows.question_index[sl],
+      rewards=rows.rewards[sl], rl_weight=rows.rl_weight[sl], sft_weight=rows.sft_weight[sl])
+
+
+def step_advantages(estimator: AdvantageEstimator, rows: Rows) -> np.ndarray:
+  """[B] Â over all of a step's rows (before the mini-batch split, as the official code does)."""
+  if estimator is AdvantageEstimator.GIVEN:
+    raise ConfigError("phases.N.loss.advantage: 'given' needs advantages from outside the loop; use "
+                      "grpo or dr_grpo")
+  _, dense = np.unique(np.asarray(rows.group_ids), return_inverse=True)
+  adv = compute_advantages(estimator, given=np.zeros(rows.num_rows, np.float32),
+                           rewards=np.asarray(rows.rewards, np.float32), group_ids=dense.astype(np.int32),
+                           row_valid=np.ones(rows.num_rows, bool))
+  return np.asarray(adv, np.float64)
+
+
+def _scalar(x: Any) -> float:
+  # Step metrics are replicated scalars; reading one local shard works on every host.
+  if isinstance(x, jax.Array):
+    return float(np.asarray(x.addressable_data(0)))
+  return float(x)
+
+
+def _mean_metrics(items: list[dict[str, float]]) -> dict[str, float]:
+  keys = items[0].keys()
+  return {k: float(np.mean([m[k] for m in items])) for k in keys}
+
+
+@functools.lru_cache(maxsize=16)
+def _train_step(model_config, loss, optim: OptimConfig, mesh) -> TrainStep:
+  """One TrainStep per (model, loss, optimizer, mesh) in a process, so that its compiled programs
+  are reused by later `train` calls (a resume in the same process, tests, sweeps)."""
+  return TrainStep(model_config, loss=loss, optimizer=make_optimizer(optim), mesh=mesh)
+
+
+class _Run:
+  """The objects of one run, built once (model, data, sampler, steps, writers)."""
+
+  def __init__(self, config: TrainConfig, workdir: pathlib.Path, data: TrainingData | None):
+    self.config = config
+    self.workdir = workdir
+    if jax.process_count() > 1 and config.mesh.size != jax.device_count():
+      raise ConfigError(f"mesh: a multi-process run must use every device; data × fsdp × tensor = "
+                        f"{config.mesh.size}, devices = {jax.device_count()}")
+    self.model_config = validate(config, num_devices=jax.device_count())
+    self.mesh = config.mesh.build()
+    if data is None:
+      from hpt_jax.training.data_source import load_training_data  # the data package's loaders
+      data = load_training_data(config, workdir)
+    self.data = data
+    if len(data.tokenizer) > self.model_config.vocab_size:
+      raise ConfigError(f"model.config.vocab_size={self.model_config.vocab_size} is smaller than the "
+                        f"tokenizer's {len(data.tokenizer)} tokens")
+    self.gate = hybrid.make_gate(config.gate.build(), num_questions=self.data.num_questions,
+                                 drop_demo_questions=config.gate.drop_demo_questions)
+    self.graphdef = model_graphdef(self.model_config)
+    batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    self.sampler = sampling.Sampler(
+        CausalLMDecoder(self.graphdef, self.model_config), eos_ids=self.data.eos_ids,
+        pad_id=self.data.pad_id,
+        buckets=sampling.Buckets(prompt=config.sampling.prompt_buckets,
+                                 response=config.sampling.response_buckets),
+        batch_multiple=config.mesh.batch_shards, batch_sharding=batch_sharding,
+        tokenizer=self.data.tokenizer)
+    self.strategy = sampling.make_strategy(temperature=config.sampling.temperature,
+                                           top_k=config.sampling.top_k, top_p=config.sampling.top_p)
+    lengths = sorted({p + r for p in config.sampling.prompt_buckets for r in config.sampling.response_buckets})
+    rows_per_step = config.batch.rows_per_optimizer_step
+    self.pack_config = PackConfig(
+        length_buckets=tuple(lengths), rows_per_micro_batch=config.batch.rows_per_micro_batch,
+        micro_batch_multiple=rows_per_step // config.batch.rows_per_micro_batch, pad_id=self.data.pad_id)
+    # One compiled step per phase; the loop hands it advantages computed over the whole step.
+    self.steps = [_train_step(self.model_config,
+                              dataclasses.replace(p.loss, advantage=AdvantageEstimator.GIVEN),
+                              config.optim, self.mesh) for p in config.phases]
+    self.optimizer = self.steps[0].optimizer
+    self.checkpointer = Checkpointer(workdir / "checkpoints", config=config.checkpoint)
+    self.writer = MetricsWriter(workdir, config=config.logging, is_writer=distributed.is_main_process())
+    self.batch_shardings = jax.tree.map(lambda n: mesh_lib.batch_sharding(self.mesh, n), FIELD_NDIMS)
+    self.validator = Validator(config=config.validation, data=self.data, sampler=self.sampler,
+                               max_new_tokens=config.data.max_response_length, seed=config.seed)
+
+  def sampler_params(self, state: TrainState) -> nnx.State:
+    # The sampler reads the trainer's own (sharded) arrays: no copy, no gather.
+    return nnx.State(state.params)
+
+  def _replicated(self, x):
+    return jax.device_put(x, mesh_lib.replicated(self.mesh))
+
+  def initial_state(self) -> TrainState:
+    params = None
+    if self.config.model.hf_dir is not None:
+      from hpt_jax.models import hf_io  # deferred: only HF starts need it
+      overrides = {k: v for k, v in (("rope_theta", self.config.model.rope_theta),
+                                     ("max_position_embeddings", self.config.model.max_position_embeddings))
+                   if v is not None}
+      model = hf_io.load_pretrained(self.config.model.hf_dir, mesh=self.mesh, **overrides)
+      params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    state = create_train_state(self.model_config, self.optimizer, seed=self.config.seed, mesh=self.mesh,
+                               params=params, gate_state=self.gate.init())
+    # Scalars placed like the step's outputs, so the first update compiles the same program as
+    # every later one.
+    return state._replace(step=self._replicated(state.step), rng=self._replicated(state.rng))
+
+  def abstract_state(self) -> TrainState:
+    """The state's shapes and target shardings: a checkpoint restores straight onto the mesh."""
+    p_shard, o_shard = state_shardings(self.optimizer, self.model_config, self.mesh)
+    _, pure = abstract_params(self.model_config)
+    place = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+    rep = mesh_lib.replicated(self.mesh)
+    rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+    return TrainState(
+        step=jax.ShapeDtypeStruct((), np.int32, sharding=rep),
+        params=jax.tree.map(place, pure, p_shard),
+        opt_state=jax.tree.map(place, jax.eval_shape(self.optimizer.init, pure), o_shard),
+        gate_state=self.gate.init(), rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=rep))
+
+  def host_state(self, step: int, best: BestTracker) -> dict:
+    return {"step": step, "data": self.data.state_dict(), "best": best.as_dict(),
+            "seed": self.config.seed}
+
+  def checkpoint(self, step: int, state: TrainState, best: BestTracker, score: float | None) -> None:
+    self.checkpointer.save(step, state=state, host=self.host_state(step, best), score=score)
+
+  def export(self, state: TrainState, name: str) -> pathlib.Path:
+    """Writes an HF directory (every process joins the gathers; process 0 writes)."""
+    from hpt_jax.models import hf_io  # deferred: only exports need transformers
+    path = self.workdir / name
+    model = nnx.merge(self.graphdef, nnx.State(state.params))
+    hf_io.save_pretrained(model, path, tokenizer_dir=self.data.tokenizer_dir)
+    return path
+
+  def one_step(self, state: TrainState, step: int) -> tuple[TrainState, dict[str, float]]:
+    config = self.config
+    phase_index, phase = config.phase_at(step)
+    start = time.perf_counter()
+    questions = self.data.next_batch()
+    distributed.assert_same_on_all_hosts(np.asarray([q.index for q in questions]), name="questions")
+    with jax.set_mesh(self.mesh):
+      experience = rollout_phase.collect(
+          params=self.sampler_params(state), questions=questions, source=phase.rows,
+          sampler=self.sampler, strategy=self.strategy,
+          num_samples=config.sampling.rollouts_per_prompt,
+          max_new_tokens=config.data.max_response_length, seed=step_seed(config.seed, step),
+          score_fn=self.data.score, gate=self.gate, gate_state=state.gate_state)
+    state = state._replace(gate_state=experience.gate_state)
+    rows = experience.rows
+    advantages = step_advantages(phase.loss.advantage, rows)
+    train_step = self.steps[phase_index]
+    per_update, train_tokens = [], 0
+    train_start = time.perf_counter()
+    size = config.batch.rows_per_optimizer_step
+    for k, lo in enumerate(range(0, rows.num_rows, size)):
+      hi = min(lo + size, rows.num_rows)
+      host_batch = pack(take_rows(rows, lo, hi, keep_old_logp=k > 0), config=self.pack_config,
+                        advantages=advantages[lo:hi])
+      train_tokens += int(host_batch.attention_mask.sum())
+      batch = distributed.global_tree(host_batch, self.batch_shardings)
+      state, metrics = train_step(state, batch)
+      per_update.append({k2: _scalar(v) for k2, v in metrics.items()})
+    jax.block_until_ready(state.params)
+    train_seconds = time.perf_counter() - train_start
+    out = dict(experience.metrics)
+    out |= {f"train/{k.replace('/', '_')}": v for k, v in _mean_metrics(per_update).items()}
+    out["train/loss"] = out.get("train/loss_total", float("nan"))
+    out["train/grad_norm"] = out.get("train/optim_grad_norm", float("nan"))
+    out["train/skipped_updates"] = per_update[-1].get("optim/num_skipped", 0.0)
+    out["train/optimizer_steps"] = float(len(per_update))
+    out["train/phase"] = float(phase_index)
+    out["perf/training_seconds"] = train_seconds
+    out["perf/training_tokens_per_s"] = train_tokens / max(train_seconds, 1e-9)
+    out["perf/step_seconds"] = time.perf_counter() - start
+    return state, out
+
+
+def train(config: TrainConfig, *, workdir: str | pathlib.Path, data: TrainingData | None = None,
+          stop_after_steps: int | None = None) -> RunSummary:
+  """Runs (or resumes) `config` in `workdir`.
+
+  Args:
+    config: the run.
+    workdir: output directory; a checkpoint there is resumed from.
+    data: the training data; None loads what `config.data` names (a file or the built-in task).
+    stop_after_steps: end this call after that many steps (a later call resumes); None runs to
+      the end of the last phase.
+
+  Returns:
+    `RunSummary`.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  run = _Run(config, workdir, data)
+  best = BestTracker(mode=config.checkpoint.best_mode)
+  start = 0
+  if run.checkpointer.latest_step() is None:
+    state = run.initial_state()
+  else:
+    state, host = run.checkpointer.restore(like=run.abstract_state())
+    start = int(host["step"])
+    run.data.load_state_dict(host["data"])
+    best = BestTracker.from_dict(config.checkpoint.best_mode, host["best"])
+    logging.info("resumed from step %d in %s", start, run.checkpointer.directory)
+  run.writer.truncate_after(start)
+  total = config.total_steps
+  end = total if stop_after_steps is None else min(total, start + stop_after_steps)
+  progress = Progress(start=start, total=total, enabled=config.logging.progress_bar and
+                      distributed.is_main_process(), log_summary=distributed.is_main_process(),
+                      summary_every=config.logging.summary_every)
+  outputs = {"workdir": workdir, "metrics": run.writer.jsonl_path, "checkpoints": run.checkpointer.directory}
+  metrics: dict[str, float] = {}
+  try:
+    if start == 0 and config.validation.before_training and config.validation.every_steps:
+      run.writer.write(0, run.validator(run.sampler_params(state), step=0))
+    for step in range(start, end):
+      state, metrics = run.one_step(state, step)
+      done = step + 1
+      score = None
+      if config.validation.every_steps and (done % config.validation.every_steps == 0 or done == total):
+        val = run.validator(run.sampler_params(state), step=done)
+        metrics |= val
+        score = val.get(config.checkpoint.best_metric)
+      run.writer.write(done, metrics)
+      progress.update(done, metrics)
+      if score is not None and best.update(done, score) and config.checkpoint.export_hf:
+        outputs["hf_best"] = run.export(state, "hf_best")
+      if done % config.checkpoint.every_steps == 0 or done == end:
+        run.checkpoint(done, state, best, score)
+    if end == total and config.checkpoint.export_hf:
+      outputs["hf_final"] = run.export(state, "hf_final")
+  finally:
+    progress.close()
+    run.writer.close()
+    run.checkpointer.close()
+    run.data.close()
+  if config.logging.tensorboard:
+    outputs["tensorboard"] = workdir / "tensorboard"
+  return RunSummary(steps=end, outputs=outputs, last_metrics=metrics)
