@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from hpt_jax.models import hf_io, init_cache, presets, sharding
+from hpt_jax.models import hf_io, init_cache, presets, safetensors_io, sharding
 from hpt_jax.models.factory import init_model
 from hpt_jax.models.testing import padded_batch, random_model, valid_max_abs_diff
 
@@ -59,13 +59,22 @@ def test_forward_on_fsdp4_tensor2_mesh_equals_single_device(tmp_path):
 
   # The importer places each parameter straight into its mesh sharding, same values.
   hf_io.save_pretrained(model, tmp_path / "ckpt")
-  loaded = nnx.state(hf_io.load_pretrained(tmp_path / "ckpt", mesh=mesh))
+  loaded_model = hf_io.load_pretrained(tmp_path / "ckpt", mesh=mesh)
+  loaded = nnx.state(loaded_model)
   for (path, want), (_, got) in zip(nnx.to_flat_state(shardings), nnx.to_flat_state(loaded)):
     got = got.get_value()
     assert got.sharding.is_equivalent_to(want.get_value(), got.ndim), path
   np.testing.assert_array_equal(
       np.asarray(loaded["layers"]["mlp"]["down_proj"]["kernel"].get_value()),
       np.asarray(params["layers"]["mlp"]["down_proj"]["kernel"].get_value()))
+
+  # Exporting the mesh-sharded model writes the same tensors as the single-device export.
+  hf_io.save_pretrained(loaded_model, tmp_path / "again")
+  first = safetensors_io.SafetensorsFile(tmp_path / "ckpt" / hf_io.SINGLE_FILE)
+  second = safetensors_io.SafetensorsFile(tmp_path / "again" / hf_io.SINGLE_FILE)
+  assert first.keys() == second.keys()
+  for key in first.keys():
+    np.testing.assert_array_equal(first.tensor(key), second.tensor(key), err_msg=key)
 
 
 def test_cache_shardings_cover_every_field():
