@@ -229,7 +229,7 @@ def test_upge_identity(name, x64):
     terms, _ = algo.loss_terms(_inputs(pol, w))
     return upge.total_loss(terms)
 
-  grad = jax.grad(loss)(jnp.asarray(pol.w))
+  grad = jax.jit(jax.grad(loss))(jnp.asarray(pol.w))
   coef = reference(pol)
   expected = np.einsum("bt,btdv->dv", coef, pol.grad_pi())
   assert np.all(np.isfinite(grad))
@@ -261,9 +261,10 @@ def test_sft_gradient_equals_token_mean_nll(x64):
   def nll(w):
     return -jnp.sum(jnp.where(m, pol.logp_jax(w), 0.0)) / jnp.sum(m)
 
-  w = jnp.asarray(pol.w)
-  np.testing.assert_allclose(jax.grad(sft)(w), jax.grad(nll)(w), rtol=1e-12, atol=1e-14)
-  np.testing.assert_allclose(sft(w), nll(w), rtol=1e-12)
+  (sft_value, sft_grad), (nll_value, nll_grad) = jax.jit(
+      lambda w: (jax.value_and_grad(sft)(w), jax.value_and_grad(nll)(w)))(jnp.asarray(pol.w))
+  np.testing.assert_allclose(sft_grad, nll_grad, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(sft_value, nll_value, rtol=1e-12)
 
 
 def test_grpo_with_old_equal_current_is_reinforce_with_group_baseline(x64):
@@ -285,8 +286,8 @@ def test_grpo_with_old_equal_current_is_reinforce_with_group_baseline(x64):
     a = ((s - s.mean(1, keepdims=True)) / (s.std(1, ddof=1, keepdims=True) + 1e-6)).reshape(-1)
     return -jnp.sum(jnp.where(m, jnp.asarray(a)[:, None] * pol.logp_jax(w), 0.0)) / jnp.sum(m)
 
-  w = jnp.asarray(pol.w)
-  np.testing.assert_allclose(jax.grad(grpo)(w), jax.grad(reinforce_baseline)(w), rtol=1e-10, atol=1e-14)
+  grads = jax.jit(lambda w: (jax.grad(grpo)(w), jax.grad(reinforce_baseline)(w)))(jnp.asarray(pol.w))
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10, atol=1e-14)
 
 
 def test_luffy_shaped_term_gradient(x64):
@@ -325,8 +326,8 @@ def test_micro_batch_accumulation_equals_full_batch(name, x64):
     return upge.total_loss(acc)
 
   w = jnp.asarray(pol.w)
-  micro_value, micro_grad = jax.jit(jax.value_and_grad(loss_micro))(w)
-  full_value, full_grad = jax.jit(jax.value_and_grad(loss_full))(w)
+  both = jax.jit(lambda w: (jax.value_and_grad(loss_micro)(w), jax.value_and_grad(loss_full)(w)))
+  (micro_value, micro_grad), (full_value, full_grad) = both(w)
   np.testing.assert_allclose(micro_value, full_value, rtol=1e-12, atol=1e-15)
   np.testing.assert_allclose(micro_grad, full_grad, rtol=1e-12, atol=1e-15)
 
@@ -338,29 +339,31 @@ def test_loss_terms_vmap_equals_loop(x64):
   stacked = jax.tree.map(lambda v: v.reshape(2, 4, *v.shape[1:]), inputs)
   algo = upge.Dapo(entropy_coeff=0.01)
   terms, _ = jax.jit(jax.vmap(algo.loss_terms))(stacked)
+  one = jax.jit(algo.loss_terms)
   for k in range(2):
-    ref, _ = algo.loss_terms(jax.tree.map(lambda v: v[k], stacked))
+    ref, _ = one(jax.tree.map(lambda v: v[k], stacked))
     for name in ref:
       np.testing.assert_allclose(terms[name].total[k], ref[name].total, rtol=1e-12)
       np.testing.assert_allclose(terms[name].denom[k], ref[name].denom, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", list(upge.AlgorithmName), ids=lambda n: n.value)
-def test_all_masked_batch_gives_zero_loss_and_zero_grad(name):
-  """No valid token: loss 0, gradient exactly 0 and finite even with -inf/NaN in the padding."""
+def test_all_masked_batch_gives_zero_loss_and_zero_grad():
+  """No valid token: loss 0, gradient exactly 0 and finite even with -inf/NaN in the padding (every algorithm)."""
   logp = jnp.full((2, 3), -jnp.inf).at[0, 0].set(jnp.nan)
   inputs = upge.LossInputs(
       logp=logp, response_mask=jnp.zeros((2, 3), bool), advantages=jnp.array([1.0, -1.0]),
       old_logp=jnp.full((2, 3), jnp.nan), is_demo=jnp.array([True, False]), entropy=jnp.full((2, 3), jnp.nan),
       scores=jnp.array([1.0, 0.0]))
-  algo = upge.make_algorithm(name)
 
-  def loss(lp):
-    return upge.total_loss(algo.loss_terms(inputs._replace(logp=lp, entropy=lp))[0])
+  def losses(lp):
+    # One jit for all algorithms; entropy follows logp so the entropy bonus is differentiated too.
+    return {name.value: upge.total_loss(upge.make_algorithm(name).loss_terms(inputs._replace(logp=lp, entropy=lp))[0])
+            for name in upge.AlgorithmName}
 
-  value, grad = jax.jit(jax.value_and_grad(loss))(logp)
-  assert value == 0.0
-  np.testing.assert_array_equal(grad, np.zeros((2, 3)))
+  values, grads = jax.jit(lambda lp: (losses(lp), jax.jacrev(losses)(lp)))(logp)
+  for name in upge.AlgorithmName:
+    assert values[name.value] == 0.0, name
+    np.testing.assert_array_equal(grads[name.value], np.zeros((2, 3)), err_msg=name.value)
 
 
 def test_unknown_names_list_the_known_ones():
@@ -414,7 +417,7 @@ def test_readme_example_values():
     terms, _ = upge.make_algorithm("hpt", entropy_coeff=0.0).loss_terms(inputs)
     return upge.total_loss(terms)
 
-  value, grad = jax.value_and_grad(loss)(old_logp + 0.1)
+  value, grad = jax.jit(jax.value_and_grad(loss))(old_logp + 0.1)
   r = np.exp(0.1)
   a = np.array([1 / 3, -2 / 3, 1 / 3])
   expected_grad = np.zeros((4, 3))

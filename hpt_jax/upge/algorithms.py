@@ -28,7 +28,9 @@ Every algorithm is a frozen dataclass whose fields are exactly its hyperparamete
 Terms are `(total, denom)` pairs (see `aggregation`): sum them over micro-batches and devices, then
 `aggregation.total_loss(terms)`. Metrics are per-micro-batch scalars. An entropy bonus
 −entropy_coeff·H (needs `inputs.entropy`) is added as term "entropy" when `entropy_coeff != 0`;
-LUFFY/SRFT/HPT default to the official 0.001 over all rows, token-mean. Select by `AlgorithmName`
+LUFFY/SRFT/HPT default to the official 0.001 over all rows, token-mean. `width` (where present) is
+the constant T of the seq-mean-token-sum-norm and official Σ/T modes (default: the padded width of
+the micro-batch; set it to the maximum response length). Select by `AlgorithmName`
 (or its spelling) with `make_algorithm`.
 """
 
@@ -81,12 +83,14 @@ def _clip_metrics(indicators: dict[str, Array], mask: Array, prefix: str = "") -
 class Sft:
   """SFT: token-mean NLL over all rows (π_ref = π_θ, Â ≡ 1, no mask)."""
   aggregation: Aggregation = Aggregation.TOKEN_MEAN
+  width: int | None = None
   entropy_coeff: float = 0.0
 
   def loss_terms(self, inputs: LossInputs) -> tuple[Terms, Metrics]:
     x = prepare(inputs, needs=_needs(self.entropy_coeff), algorithm="Sft")
-    terms = {"sft": aggregate(likelihood.token_nll(x.logp), x.mask, mode=self.aggregation)}
-    terms |= _entropy_terms(x, coeff=self.entropy_coeff, mode=self.aggregation, width=None, algorithm="Sft")
+    terms = {"sft": aggregate(likelihood.token_nll(x.logp), x.mask, mode=self.aggregation, width=self.width)}
+    terms |= _entropy_terms(x, coeff=self.entropy_coeff, mode=self.aggregation, width=self.width,
+                            algorithm="Sft")
     return terms, {}
 
 
@@ -94,13 +98,14 @@ class Sft:
 class Reinforce:
   """REINFORCE / vanilla policy gradient: −Â·ℓ (π_ref = π_θ, no mask; verl `gpg` loss)."""
   aggregation: Aggregation = Aggregation.TOKEN_MEAN
+  width: int | None = None
   entropy_coeff: float = 0.0
 
   def loss_terms(self, inputs: LossInputs) -> tuple[Terms, Metrics]:
     x = prepare(inputs, needs=_needs(self.entropy_coeff, "advantages"), algorithm="Reinforce")
     loss, _ = masks.no_clip(denominators.on_policy_ratio(x.logp), x.advantages)
-    terms = {"pg": aggregate(loss, x.mask, mode=self.aggregation)}
-    terms |= _entropy_terms(x, coeff=self.entropy_coeff, mode=self.aggregation, width=None,
+    terms = {"pg": aggregate(loss, x.mask, mode=self.aggregation, width=self.width)}
+    terms |= _entropy_terms(x, coeff=self.entropy_coeff, mode=self.aggregation, width=self.width,
                             algorithm="Reinforce")
     return terms, {}
 
@@ -160,6 +165,7 @@ class Cispo:
   epsilon_high: float = 0.2
   log_ratio_clamp: float | None = denominators.DEFAULT_LOG_RATIO_CLAMP
   aggregation: Aggregation = Aggregation.TOKEN_MEAN
+  width: int | None = None
   entropy_coeff: float = 0.0
 
   def loss_terms(self, inputs: LossInputs) -> tuple[Terms, Metrics]:
@@ -167,8 +173,9 @@ class Cispo:
     ratio = denominators.old_policy_ratio(x.logp, x.old_logp, clamp=self.log_ratio_clamp)
     loss, indicators = masks.cispo(ratio, x.logp, x.advantages, epsilon_low=self.epsilon_low,
                                    epsilon_high=self.epsilon_high)
-    terms = {"pg": aggregate(loss, x.mask, mode=self.aggregation)}
-    terms |= _entropy_terms(x, coeff=self.entropy_coeff, mode=self.aggregation, width=None, algorithm="Cispo")
+    terms = {"pg": aggregate(loss, x.mask, mode=self.aggregation, width=self.width)}
+    terms |= _entropy_terms(x, coeff=self.entropy_coeff, mode=self.aggregation, width=self.width,
+                            algorithm="Cispo")
     return terms, _clip_metrics(indicators, x.mask)
 
 
@@ -178,6 +185,7 @@ class Gspo:
   epsilon_low: float = 3e-4
   epsilon_high: float = 4e-4
   aggregation: Aggregation = Aggregation.SEQ_MEAN_TOKEN_MEAN
+  width: int | None = None
   entropy_coeff: float = 0.0
 
   def loss_terms(self, inputs: LossInputs) -> tuple[Terms, Metrics]:
@@ -185,8 +193,9 @@ class Gspo:
     ratio = denominators.gspo_sequence_ratio(x.logp, x.old_logp, x.mask)
     loss, indicators = masks.ppo_clip(ratio, x.advantages, epsilon_low=self.epsilon_low,
                                       epsilon_high=self.epsilon_high)
-    terms = {"pg": aggregate(loss, x.mask, mode=self.aggregation)}
-    terms |= _entropy_terms(x, coeff=self.entropy_coeff, mode=self.aggregation, width=None, algorithm="Gspo")
+    terms = {"pg": aggregate(loss, x.mask, mode=self.aggregation, width=self.width)}
+    terms |= _entropy_terms(x, coeff=self.entropy_coeff, mode=self.aggregation, width=self.width,
+                            algorithm="Gspo")
     return terms, _clip_metrics(indicators, x.mask)
 
 
