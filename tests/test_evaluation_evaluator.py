@@ -6,6 +6,7 @@ hash-free arithmetic says otherwise, so expected correctness is computable indep
 
 import json
 import re
+import zlib
 
 import pytest
 
@@ -22,7 +23,8 @@ def _fake_correct(prompt_id, sample, seed):
 
 class FakeBackend:
   def __init__(self, crash_after_calls=None):
-    self.calls = []  # (number of prompts, bucket of each prompt)
+    self.calls = []  # (number of prompts, bucket of each prompt, prompt ids)
+    self.seeds = set()
     self.crash_after_calls = crash_after_calls
 
   def prompt_bucket(self, prompt):
@@ -33,6 +35,7 @@ class FakeBackend:
     if self.crash_after_calls is not None and len(self.calls) >= self.crash_after_calls:
       raise KeyboardInterrupt  # an interrupt mid-benchmark
     self.calls.append((len(prompts), {self.prompt_bucket(p) for p in prompts}, list(prompt_ids)))
+    self.seeds.add(seed)
     out = []
     for prompt, pid in zip(prompts, prompt_ids):
       a, b = map(int, re.findall(r"\d+", prompt)[:2])
@@ -74,7 +77,10 @@ def test_scores_batching_and_report(tmp_path):
   assert all(n == 2 and len(buckets) == 1 for n, buckets, _ in backend.calls)
   sampled = sorted({pid for _, _, ids in backend.calls for pid in ids})
   assert sampled == list(range(11))
-  counts = [sum(_fake_correct(i, s, 42) for s in range(3)) for i in range(11)]
+  # Each benchmark samples with the base seed offset by a hash of its name (independent noise per set).
+  seed = (42 + zlib.crc32(b"math500")) % (2**31 - 1)
+  assert backend.seeds == {seed}
+  counts = [sum(_fake_correct(i, s, seed) for s in range(3)) for i in range(11)]
   expected = metrics.score_benchmark(benchmark="math500", num_samples=[3] * 11, num_correct=counts)
   assert scores["math500"] == expected
   stored = res.read_results(res.results_path(tmp_path / "out", "math500"))

@@ -15,7 +15,8 @@ response bucket and the strategy. Reusing the evaluator with the same protocol h
 Resume: with an output directory, every finished problem is appended to `<benchmark>.problems.jsonl`
 right after grading; a rerun reads that file and samples only the problems not in it. Each problem's
 prompt id is its row index in the benchmark file, and the sampler derives every row's key from
-(seed, prompt id, sample index), so a resumed run draws the same samples an uninterrupted one would.
+(seed, prompt id, sample index) -- the seed being the base seed offset by a hash of the benchmark name --
+so a resumed run draws the same samples an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol as TypingProtocol
 
@@ -88,7 +90,7 @@ class Evaluator:
     grader: scores them.
     render: question text -> prompt text (chat template applied).
     batch_rows: sampled rows per backend call (prompts per call = max(1, batch_rows // n)).
-    seed: base seed of every sample (DeepMath uses 42).
+    seed: base seed (DeepMath uses 42); each benchmark samples with it offset by a hash of its name.
     progress: show a progress bar per benchmark.
   """
 
@@ -102,6 +104,10 @@ class Evaluator:
     self.batch_rows = batch_rows
     self.seed = seed
     self.progress = progress
+
+  def _benchmark_seed(self, name: str) -> int:
+    # Prompt ids are row indices, so without this row 0 of every benchmark would share one noise stream.
+    return (self.seed + zlib.crc32(name.encode())) % (2**31 - 1)
 
   def _batches(self, job: BenchmarkJob, pending: Sequence[int]) -> list[list[int]]:
     """Problem indices grouped by prompt bucket, chunked to the fixed prompts-per-call."""
@@ -120,7 +126,7 @@ class Evaluator:
     padded = batch + [batch[-1]] * (per_call - len(batch))  # fixed shape: repeats, dropped below
     prompts = [self.render(job.problems[i].question) for i in padded]
     completions = self.backend.generate(params, prompts, protocol=job.protocol, prompt_ids=padded,
-                                        seed=self.seed)[:len(batch)]
+                                        seed=self._benchmark_seed(job.name))[:len(batch)]
     n = job.protocol.num_samples
     if len(completions) != len(batch) or any(len(c) != n for c in completions):
       raise RuntimeError(f"backend returned {[len(c) for c in completions]} completions for "
