@@ -1,8 +1,8 @@
 """The loop run by each `RewardPool` worker process (module kept small so the forkserver preloads it).
 
-Importing this module pulls in sympy and math-verify and grades one throw-away answer, so that the
-forkserver (which preloads it) holds warm graders and every forked worker starts warm: math-verify
-builds its parsers lazily on first use, which can take longer than a per-answer timeout.
+Importing this module pulls in sympy and math-verify, so forked workers do not import them again. Each
+worker then grades one throw-away answer before it says READY: math-verify builds its parsers lazily on
+first use, which on a loaded machine can take longer than a per-answer timeout.
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import signal
 
+import math_verify  # noqa: F401 -- preloaded on purpose (see module docstring).
+
 from hpt_jax.rewards.verifier import Variant, Verdict, verdict
 
 READY = "ready"
-
-logging.getLogger("math_verify").setLevel(logging.ERROR)
-verdict("\\boxed{\\frac{1}{2}}", "(1,2]")  # warm-up (see module docstring).
 
 
 def serve(conn) -> None:
@@ -24,6 +23,8 @@ def serve(conn) -> None:
   """
   # Ctrl-C in a terminal reaches the whole process group; the pool's owner decides when workers stop.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  logging.getLogger("math_verify").setLevel(logging.ERROR)
+  verdict("\\boxed{\\frac{1}{2}}", "(1,2]")  # warm-up (see module docstring).
   conn.send(READY)
   while True:
     try:

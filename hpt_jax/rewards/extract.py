@@ -41,6 +41,8 @@ def _braced_content(text: str, open_pos: int) -> str | None:
 def last_boxed(text: str) -> str | None:
   """Content of the last `\\boxed{...}` or `\\fbox{...}` in `text`; None when there is none.
 
+  The right-most of either command wins (Hendrycks' helper looks for `\\fbox` only when there is no
+  `\\boxed` at all; the spec says "the last `\\boxed{}` / `\\fbox{}`", which we follow literally).
   Also accepts the brace-less form `\\boxed 5` (content up to the next `$` or whitespace), which
   Hendrycks' MATH extraction accepts too. An unbalanced last box (`\\boxed{1` at the end of a truncated
   response) yields None: a truncated answer is not an answer.

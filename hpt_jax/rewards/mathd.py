@@ -91,7 +91,10 @@ def normalize_mathd(answer: str) -> str:
   Returns:
     The canonical string; two answers are "mathd-equal" when these are identical.
   """
-  s = answer.replace("\n", "")
+  # Dr.GRPO's mathd grader first unwraps an answer that is entirely `\text{...}`.
+  wrapped = re.fullmatch(r"\s*\\text\{(.+?)\}\s*", answer)
+  s = wrapped.group(1) if wrapped else answer
+  s = s.replace("\n", "")
   s = s.replace("\\!", "")
   s = s.replace("\\\\", "\\")
   s = s.replace("tfrac", "frac").replace("dfrac", "frac")

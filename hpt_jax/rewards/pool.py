@@ -28,6 +28,7 @@ from hpt_jax.rewards import _worker
 from hpt_jax.rewards.verifier import GroundTruth, Variant, Verdict, verdict, ground_truth_list
 
 _PRELOAD = ["hpt_jax.rewards._worker"]
+_MAX_STARTUP_FAILURES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +125,7 @@ class RewardPool:
     self._ctx.set_forkserver_preload(_PRELOAD)
     self._workers: list[_Worker] = []
     self.restarts = 0  # workers replaced after a timeout or a crash, over the pool's life.
+    self._startup_failures = 0  # consecutive workers that died before saying READY.
 
   def __enter__(self) -> RewardPool:
     self.start()
@@ -183,12 +185,16 @@ class RewardPool:
         if w.tasks:
           results[w.tasks.popleft()] = Verdict.ERROR
         elif not w.ready:
-          raise RuntimeError(f"reward worker {i} died during start-up (exit code {w.process.exitcode})") \
-              from None
+          # One killed worker is replaced like any other; a worker that cannot start at all is a bug.
+          self._startup_failures += 1
+          if self._startup_failures > _MAX_STARTUP_FAILURES:
+            raise RuntimeError(f"reward workers died during start-up {self._startup_failures} times in a row "
+                               f"(last exit code {w.process.exitcode})") from None
         self._replace(i, queue)
         return
       if not w.ready:
         w.ready = message == _worker.READY
+        self._startup_failures = 0
         continue
       results[w.tasks.popleft()] = Verdict(message)
       w.deadline = time.perf_counter() + self.timeout_s  # the next answer starts now.
