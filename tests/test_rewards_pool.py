@@ -125,3 +125,12 @@ def test_bad_inputs_name_the_row(pool):
     pool.score(["a", "b"], ["1", None])
   with pytest.raises(TypeError, match=r"responses\[0\]"):
     pool.score([3], ["1"])
+
+
+def test_a_worker_that_died_while_idle_is_replaced_and_its_answer_requeued():
+  with RewardPool(num_workers=1, timeout_s=5.0) as p:
+    p._workers[0].process.kill()
+    p._workers[0].process.join()
+    batch = p.score(["\\boxed{3}", "\\boxed{4}"], ["3", "5"])
+    assert batch.verdicts == (Verdict.CORRECT, Verdict.WRONG)
+    assert p.restarts == 1
