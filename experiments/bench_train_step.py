@@ -131,7 +131,7 @@ def torch_step_fn(hf, batch: batching.MicroBatches, *, width: int):
     norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
     if torch.isfinite(norm) and norm <= 80.0:
       opt.step()
-    return float(loss)
+    return float(loss.detach())
 
   return step
 

@@ -153,3 +153,18 @@ def test_pack_layout_masks_and_padding_rows():
     batching.pack(rows, advantages=adv, config=batching.PackConfig(length_buckets=(4,), rows_per_micro_batch=2))
   with pytest.raises(ValueError, match="advantages"):
     batching.pack(rows, advantages=adv[:3], config=cfg)
+
+
+def test_gate_state_round_trips_through_orbax(tmp_path):
+  import orbax.checkpoint as ocp
+
+  transform = hybrid.make_gate(HardGate(threshold=Threshold.of_count(0)), num_questions=4)
+  _, state = transform.update(transform.init(), question_ids=np.array([1, 2]), correct=np.array([0, 3]),
+                              num_rollouts=4)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / "gate", state)
+    ckpt.wait_until_finished()
+    restored = ckpt.restore(tmp_path / "gate", state)
+  assert type(restored) is hybrid.GateState
+  for name, a, b in zip(state._fields, state, restored):
+    np.testing.assert_array_equal(np.asarray(b), a, err_msg=name)

@@ -87,9 +87,10 @@ def make_gate(gate: Gate, *, num_questions: int, drop_demo_questions: bool = Fal
     last_correct[ids] = np.asarray(correct, np.int64)
     last_step[ids] = state.step
     new_state = GateState(
-        step=state.step + 1,
-        num_rl=state.num_rl + decision.keep_rollouts.sum(),
-        num_demo=state.num_demo + decision.add_demo.sum(),
+        # np.asarray: NumPy scalar arithmetic yields np.int64 scalars, which orbax refuses (0-d arrays only).
+        step=np.asarray(state.step + 1, np.int64),
+        num_rl=np.asarray(state.num_rl + decision.keep_rollouts.sum(), np.int64),
+        num_demo=np.asarray(state.num_demo + decision.add_demo.sum(), np.int64),
         times_seen=times_seen,
         times_demo=times_demo,
         last_correct=last_correct,
