@@ -123,12 +123,13 @@ class Checkpointer:
         metrics=metrics,
         force=True)
 
-  def restore(self, step: int | None = None, *, like: Any) -> tuple[Any, dict]:
+  def restore(self, step: int | None = None, *, like: Any = None) -> tuple[Any, dict]:
     """Restores `(state, host)` of `step` (default: the latest).
 
     Args:
       step: which step; None for the latest.
-      like: a pytree of arrays or ShapeDtypeStructs (with target shardings) shaped like the state.
+      like: a pytree of arrays or ShapeDtypeStructs (with target shardings) shaped like the state;
+        None restores the saved tree as it is (nested dicts/lists, for inspection).
 
     Raises:
       FileNotFoundError: when there is no checkpoint to restore.
@@ -138,7 +139,8 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(like)), host=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(None if like is None else _abstract(like)),
+        host=ocp.args.JsonRestore()))
     return restored.state, dict(restored.host)
 
   def wait(self) -> None:
