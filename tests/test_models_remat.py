@@ -10,7 +10,7 @@ from hpt_jax.models.testing import padded_batch, random_model
 
 
 def test_full_remat_gradients_equal_no_remat():
-  small = dict(num_layers=2, hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2,
+  small = dict(num_layers=1, hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2,
                head_dim=16, vocab_size=64)
   tokens, positions, mask = padded_batch(np.random.default_rng(0), vocab_size=64, length=8,
                                          left_pad=[2, 0], right_pad=[0, 1])

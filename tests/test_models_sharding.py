@@ -91,7 +91,7 @@ def test_cache_shardings_cover_every_field():
 # Slow only because XLA:CPU compiles the threefry normal draws of every parameter (~15 s here).
 @pytest.mark.slow
 def test_init_model_materialises_each_shard_in_place():
-  config = presets.tiny(num_layers=2, hidden_size=64, intermediate_size=96, num_heads=4,
+  config = presets.tiny(num_layers=1, hidden_size=64, intermediate_size=96, num_heads=4,
                         num_kv_heads=2, head_dim=16, vocab_size=64)
   mesh = sharding.make_mesh(fsdp=4, tensor=2)
   params = nnx.state(init_model(config, seed=0, mesh=mesh))

@@ -75,7 +75,7 @@ class _Binding:
   """One of our parameters and the HF tensor(s) that fill it (one per layer when stacked)."""
   rule: hf_keys.KeyRule
   path: tuple[str, ...]
-  hf_keys: tuple[str, ...]
+  sources: tuple[str, ...]  # HF tensor names, one per layer for stacked parameters
   shape: tuple[int, ...]
 
 
@@ -95,7 +95,7 @@ def _bind(config: ModelConfig, shapes: dict[tuple[str, ...], tuple[int, ...]],
       elif hf_shapes[key] != expected:
         wrong_shape.append(f"{key}: checkpoint {hf_shapes[key]}, model expects {expected}")
     bindings.append(_Binding(rule, rule.path, keys, shape))
-  claimed = {key for b in bindings for key in b.hf_keys}
+  claimed = {key for b in bindings for key in b.sources}
   unexpected = sorted(set(hf_shapes) - claimed)
   unfilled = sorted(set(shapes) - {b.path for b in bindings})
   problems = []
@@ -114,7 +114,8 @@ def _bind(config: ModelConfig, shapes: dict[tuple[str, ...], tuple[int, ...]],
   return bindings
 
 
-def _letter_index(rule: hf_keys.KeyRule, index: Sequence[slice], sizes: dict[str, int]):
+def _letter_index(rule: hf_keys.KeyRule, index: Sequence[slice]) -> dict[str, slice]:
+  """Our global index (one slice per dim, the first over layers when stacked) -> letter -> slice."""
   letters = hf_keys.Layout.parse(rule.our_layout).letters
   per_layer = tuple(index[1:]) if rule.stacked else tuple(index)
   return dict(zip(letters, per_layer))
@@ -124,13 +125,13 @@ def _read_block(binding: _Binding, tensors, index: Sequence[slice], dtype) -> np
   """Our global slice `index` of one parameter, read from the checkpoint."""
   rule = binding.rule
   sizes = rule.sizes(binding.shape)
-  letter_index = _letter_index(rule, index, sizes)
+  letter_index = _letter_index(rule, index)
   if not rule.stacked:
-    key = binding.hf_keys[0]
+    key = binding.sources[0]
     return hf_keys.to_ours(rule, tensors[key].tensor(key), sizes, letter_index).astype(dtype)
   layers = range(*index[0].indices(binding.shape[0]))
   return np.stack([
-      hf_keys.to_ours(rule, tensors[binding.hf_keys[i]].tensor(binding.hf_keys[i]), sizes,
+      hf_keys.to_ours(rule, tensors[binding.sources[i]].tensor(binding.sources[i]), sizes,
                       letter_index).astype(dtype)
       for i in layers])
 

@@ -14,7 +14,7 @@ remat policy wraps the scan body.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import chex
 import jax
@@ -31,15 +31,19 @@ from hpt_jax.typing import Array
 _INIT_STDDEV = 0.02  # HF `initializer_range` for both families
 
 
-def _param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: tuple[str, ...], dtype,
-           init: str) -> nnx.Param:
-  """A parameter tagged with its logical axes (read by `sharding.param_shardings`)."""
-  if init == "normal":
-    value = _INIT_STDDEV * jax.random.normal(rngs.params(), shape, dtype)
-  elif init == "ones":
-    value = jnp.ones(shape, dtype)
-  else:
-    value = jnp.zeros(shape, dtype)
+def _normal(key: Array, shape: Sequence[int], dtype) -> Array:
+  return _INIT_STDDEV * jax.random.normal(key, shape, dtype)
+
+
+def _param(shape: Sequence[int], axes: tuple[str, ...], dtype, *,
+           init: Callable[..., Array] | None = None, rngs: nnx.Rngs | None = None,
+           fill: float = 0.0) -> nnx.Param:
+  """A parameter tagged with its logical axes (read by `sharding.param_shardings`).
+
+  Drawn from `init(key, shape, dtype)` when given (needs `rngs`), else filled with `fill`.
+  """
+  value = (init(rngs.params(), shape, dtype) if init is not None
+           else jnp.full(shape, fill, dtype))
   return nnx.Param(value, logical_axes=axes)
 
 
@@ -48,7 +52,7 @@ class RMSNorm(nnx.Module):
 
   def __init__(self, config: ModelConfig):
     self.eps = config.rms_norm_eps
-    self.scale = _param(None, (config.hidden_size,), ("norm",), config.param_dtype, "ones")
+    self.scale = _param((config.hidden_size,), ("norm",), config.param_dtype, fill=1.0)
 
   def __call__(self, x: Array) -> Array:
     """x: [..., D] -> [..., D] in x's dtype."""
@@ -64,10 +68,9 @@ class Dense(nnx.Module):
   def __init__(self, config: ModelConfig, *, kernel_shape: Sequence[int],
                kernel_axes: tuple[str, ...], bias: bool, rngs: nnx.Rngs):
     self.dtype = config.dtype
-    self.kernel = _param(rngs, kernel_shape, kernel_axes, config.param_dtype, "normal")
+    self.kernel = _param(kernel_shape, kernel_axes, config.param_dtype, init=_normal, rngs=rngs)
     # The bias spans the kernel's output dims, i.e. all but the first (input) one.
-    self.bias = (_param(None, kernel_shape[1:], kernel_axes[1:], config.param_dtype, "zeros")
-                 if bias else None)
+    self.bias = (_param(kernel_shape[1:], kernel_axes[1:], config.param_dtype) if bias else None)
 
   def __call__(self, equation: str, x: Array) -> Array:
     y = jnp.einsum(equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
@@ -82,7 +85,7 @@ class OutDense(Dense):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     super().__init__(config, kernel_shape=(config.num_heads, config.head_dim, config.hidden_size),
                      kernel_axes=("heads", "head_dim", "embed"), bias=False, rngs=rngs)
-    self.bias = (_param(None, (config.hidden_size,), ("embed",), config.param_dtype, "zeros")
+    self.bias = (_param((config.hidden_size,), ("embed",), config.param_dtype)
                  if config.o_bias else None)
 
 
@@ -168,8 +171,8 @@ class DecoderLayer(nnx.Module):
 
 class Embedding(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    self.embedding = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"),
-                            config.param_dtype, "normal")
+    self.embedding = _param((config.vocab_size, config.hidden_size), ("vocab", "embed"),
+                            config.param_dtype, init=_normal, rngs=rngs)
 
 
 def _attention_mask(attention_mask: Array, cache: KVCache | None) -> tuple[Array, Array | None]:
