@@ -84,3 +84,29 @@ def test_missing_files_are_reported(checkpoint, tmp_path):
     hf_io.load_pretrained(bad)
   with pytest.raises(hf_io.CheckpointError, match="no config.json"):
     hf_io.load_pretrained(tmp_path)
+
+
+def test_bfloat16_export_reads_back_exactly(checkpoint, tmp_path):
+  """bf16 tensors (how published checkpoints are stored): our writer vs the `safetensors` library
+  as an independent reader, and our reader back into a float32 model."""
+  import jax.numpy as jnp
+  import ml_dtypes
+  import torch
+  from safetensors.torch import load_file
+
+  model = hf_io.load_pretrained(checkpoint)
+  hf_io.save_pretrained(model, tmp_path / "bf16", dtype=jnp.bfloat16)
+  assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+  reference = load_file(tmp_path / "bf16" / hf_io.SINGLE_FILE)
+  ours = safetensors_io.SafetensorsFile(tmp_path / "bf16" / hf_io.SINGLE_FILE)
+  assert set(reference) == set(ours.keys())
+  for key, tensor in reference.items():
+    assert tensor.dtype == torch.bfloat16, key
+    np.testing.assert_array_equal(ours.tensor(key).astype(np.float32), tensor.float().numpy())
+
+  reloaded = hf_io.load_pretrained(tmp_path / "bf16")
+  want = np.asarray(model.layers.self_attn.q_proj.kernel.get_value())
+  got = np.asarray(reloaded.layers.self_attn.q_proj.kernel.get_value())
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, want.astype(ml_dtypes.bfloat16).astype(np.float32))
+  assert np.abs(got - want).max() > 0  # the rounding really happened
