@@ -270,3 +270,18 @@ def test_host_wrapper_texts_buckets_and_batch_padding():
   assert got.output.finish_reason[0] == FinishReason.EOS and got.texts[0] == ""
   with pytest.raises(ValueError, match="Buckets.prompt"):
     sampler.generate_texts(params, ["abcdefg"], strategy=Greedy(), max_new_tokens=4)
+
+
+def test_strategy_settings_and_bad_input():
+  assert sampling.make_strategy(temperature=0.0, top_p=0.5) == Greedy()
+  assert sampling.make_strategy(temperature=0.6, top_k=-1, top_p=0.95) == Categorical(
+      temperature=0.6, top_k=0, top_p=0.95)
+  with pytest.raises(ValueError, match="Categorical.temperature"):
+    Categorical(temperature=0.0)
+  with pytest.raises(ValueError, match="Categorical.top_p"):
+    Categorical(top_p=1.5)
+  with pytest.raises(ValueError, match="prompt row 1"):
+    sampling.left_pad([[1, 2], []], length=4, pad_id=PAD)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    Sampler(TableModel(), eos_ids=[EOS], pad_id=PAD).generate({}, [[1]], strategy=Greedy(),
+                                                              max_new_tokens=0)

@@ -10,8 +10,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hpt_jax import sampling
-from hpt_jax.models import CausalLM, ModelConfig, sharding
-from hpt_jax.models.hf_keys import KEY_TABLES, to_ours
+from hpt_jax.models import sharding
+from hpt_jax.models.hf_io import load_pretrained
 from hpt_jax.sampling import Buckets, Categorical, FinishReason, Greedy, Sampler
 from hpt_jax.sampling.lm import CausalLMDecoder
 
@@ -23,7 +23,7 @@ PROMPTS = [[5, 17, 33], [8, 9, 10, 11, 12, 13, 14, 15, 16], [40], [70, 71, 3, 60
 
 
 def _hf_model(family: str, tmp_path):
-  """A tiny random HF model, saved and reloaded with save_pretrained / from_pretrained."""
+  """A tiny random HF model saved with save_pretrained; returns (torch model, checkpoint dir)."""
   torch.manual_seed(0)
   common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -35,30 +35,12 @@ def _hf_model(family: str, tmp_path):
     cfg, cls = (transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=500000.0, **common),
                 transformers.LlamaForCausalLM)
   cls(cfg).save_pretrained(tmp_path / family)
-  return cls.from_pretrained(tmp_path / family, dtype=torch.float32).eval()
+  return cls.from_pretrained(tmp_path / family, dtype=torch.float32).eval(), tmp_path / family
 
 
-def _ours_from_hf(hf) -> tuple[CausalLMDecoder, nnx.State]:
-  """Copies the HF weights into our CausalLM through the model engineer's key table."""
-  config = ModelConfig.from_hf_config(hf.config.to_dict())
-  decoder, params = CausalLMDecoder.from_model(CausalLM(config, rngs=nnx.Rngs(0)))
-  hf_tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-  flat = dict(nnx.to_flat_state(params))
-  for rule in KEY_TABLES[config.family]:
-    if rule.path not in flat:
-      continue
-    var = flat[rule.path]
-    sizes = rule.sizes(var.shape)
-    if rule.stacked:
-      value = np.stack([to_ours(rule, hf_tensors.pop(rule.hf_key.format(i=i)), sizes, {})
-                        for i in range(config.num_layers)])
-    else:
-      value = to_ours(rule, hf_tensors.pop(rule.hf_key), sizes, {})
-    var.value = jnp.asarray(value)
-  if config.tie_word_embeddings:
-    hf_tensors.pop("lm_head.weight")
-  assert not hf_tensors, f"unconsumed HF tensors {sorted(hf_tensors)}"
-  return decoder, params
+def _ours(path, **kw) -> tuple[CausalLMDecoder, nnx.State]:
+  """Our CausalLM from the HF checkpoint directory, through the model's own loader."""
+  return CausalLMDecoder.from_model(load_pretrained(path, **kw))
 
 
 def _hf_greedy(hf, prompts, *, eos):
@@ -85,8 +67,8 @@ def _hf_teacher_forced_logprobs(hf, out, *, temperature):
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_greedy_matches_transformers_generate(family, tmp_path):
-  hf = _hf_model(family, tmp_path)
-  decoder, params = _ours_from_hf(hf)
+  hf, path = _hf_model(family, tmp_path)
+  decoder, params = _ours(path)
   # Pick an EOS id that row 0 emits at its 4th step, so EOS stopping is compared too.
   free_run = _hf_greedy(hf, PROMPTS, eos=None)
   eos = int(next(t for t in free_run[0, 3:] if t not in free_run[0, :3]))
@@ -109,8 +91,8 @@ def test_greedy_matches_transformers_generate(family, tmp_path):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 def test_sampled_logprobs_equal_teacher_forced_forward(temperature, tmp_path):
-  hf = _hf_model("qwen2", tmp_path)
-  decoder, params = _ours_from_hf(hf)
+  hf, path = _hf_model("qwen2", tmp_path)
+  decoder, params = _ours(path)
   sampler = Sampler(decoder, eos_ids=[2], pad_id=PAD, buckets=BUCKETS)
   out = sampler.generate(params, PROMPTS, strategy=Categorical(temperature=temperature),
                          max_new_tokens=MAX_NEW, num_samples=2, seed=3).output
@@ -123,14 +105,16 @@ def test_sampled_logprobs_equal_teacher_forced_forward(temperature, tmp_path):
 
 
 def test_sharded_sampling_equals_single_device(tmp_path):
-  hf = _hf_model("qwen2", tmp_path)
-  decoder, params = _ours_from_hf(hf)
+  hf, path = _hf_model("qwen2", tmp_path)
+  decoder, params = _ours(path)
   strategy = Categorical(temperature=1.0, top_k=20)
   plain = Sampler(decoder, eos_ids=[2], pad_id=PAD, buckets=BUCKETS)
   ref = plain.generate(params, PROMPTS, strategy=strategy, max_new_tokens=MAX_NEW, num_samples=2).output
 
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-  sharded_params = jax.device_put(params, sharding.param_shardings(params, mesh))
+  _, sharded_params = _ours(path, mesh=mesh)
+  assert sharded_params["layers"]["self_attn"]["q_proj"]["kernel"].sharding.spec == PartitionSpec(
+      None, "fsdp", "tensor", None)  # the trainer's layout, used in place
   batch = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
   sharded = Sampler(decoder, eos_ids=[2], pad_id=PAD, buckets=BUCKETS, batch_sharding=batch,
                     batch_multiple=4)
