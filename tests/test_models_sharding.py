@@ -103,3 +103,23 @@ def test_init_model_materialises_each_shard_in_place():
   assert abs(gate.std() - 0.02) < 0.002 and abs(gate.mean()) < 0.002
   assert not np.asarray(params["layers"]["self_attn"]["q_proj"]["bias"].get_value()).any()
   np.testing.assert_array_equal(np.asarray(params["norm"]["scale"].get_value()), 1.0)
+
+
+def test_import_reads_only_each_devices_slice(tmp_path, monkeypatch):
+  config = presets.tiny(num_layers=2, hidden_size=64, intermediate_size=96, num_heads=4,
+                        num_kv_heads=2, head_dim=16, vocab_size=64)
+  hf_io.save_pretrained(random_model(config), tmp_path)
+  blocks = {}
+  read_block = hf_io._read_block
+
+  def recording(binding, tensors, index, dtype):
+    block = read_block(binding, tensors, index, dtype)
+    blocks.setdefault(binding.path, set()).add(block.shape)
+    return block
+
+  monkeypatch.setattr(hf_io, "_read_block", recording)
+  hf_io.load_pretrained(tmp_path, mesh=sharding.make_mesh(fsdp=4, tensor=2))
+  # q_proj [L, D, N, H] = [2, 64, 4, 16] split fsdp=4 on D and tensor=2 on N: every read is a shard.
+  assert blocks[("layers", "self_attn", "q_proj", "kernel")] == {(2, 16, 2, 16)}
+  assert blocks[("embed_tokens", "embedding")] == {(32, 16)}  # [V/2, D/4]
+  assert blocks[("norm", "scale")] == {(64,)}  # replicated
