@@ -1,7 +1,7 @@
 """Rollout throughput: our jitted sampler vs `transformers.generate` (torch, CPU), same weights.
 
 Model: the project's tiny Qwen2 (vocab 512, hidden 256, 4 layers, 8 heads, 2 KV heads), random weights
-built with `transformers` and copied into our `CausalLM`. Workload: 128 sequences x 64 new tokens,
+built with `transformers`, saved and loaded into our `CausalLM` by `models.hf_io`. Workload: 128 sequences x 64 new tokens,
 temperature 1.0 (HPT's rollout setting), no EOS, so both sides produce exactly 128 x 64 tokens.
 Compile time is reported separately and excluded from our tokens/s (one program serves a whole run).
 
@@ -12,17 +12,16 @@ Compile time is reported separately and excluded from our tokens/s (one program 
 import argparse
 import os
 import statistics
+import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
 from flax import nnx
 
-from hpt_jax.models import CausalLM, ModelConfig
-from hpt_jax.models.hf_keys import KEY_TABLES, to_ours
+from hpt_jax.models.hf_io import load_pretrained
 from hpt_jax.sampling import Buckets, Categorical, Sampler
 from hpt_jax.sampling.lm import CausalLMDecoder
 
@@ -39,22 +38,11 @@ def hf_config(*, smoke: bool) -> transformers.Qwen2Config:
                                   rms_norm_eps=1e-6, rope_theta=10000.0, pad_token_id=PAD, **sizes)
 
 
-def copy_weights(hf: torch.nn.Module) -> tuple[CausalLMDecoder, nnx.State]:
-  """Our CausalLM with the HF model's weights (via the model's HF key table)."""
-  config = ModelConfig.from_hf_config(hf.config.to_dict())
-  decoder, params = CausalLMDecoder.from_model(CausalLM(config, rngs=nnx.Rngs(0)))
-  tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-  flat = dict(nnx.to_flat_state(params))
-  for rule in KEY_TABLES[config.family]:
-    if rule.path not in flat:
-      continue
-    var = flat[rule.path]
-    sizes = rule.sizes(var.shape)
-    keys = ([rule.hf_key.format(i=i) for i in range(config.num_layers)] if rule.stacked
-            else [rule.hf_key])
-    parts = [to_ours(rule, tensors[k], sizes, {}) for k in keys]
-    var.value = jnp.asarray(np.stack(parts) if rule.stacked else parts[0])
-  return decoder, params
+def load_same_weights(hf: torch.nn.Module) -> tuple[CausalLMDecoder, nnx.State]:
+  """Our CausalLM with the HF model's weights: save_pretrained, then the model's own loader."""
+  with tempfile.TemporaryDirectory() as path:
+    hf.save_pretrained(path)
+    return CausalLMDecoder.from_model(load_pretrained(path))
 
 
 def time_ours(sampler: Sampler, params, prompts, *, new_tokens: int, repeats: int):
@@ -107,7 +95,7 @@ def main():
 
   torch.manual_seed(0)
   hf = transformers.Qwen2ForCausalLM(hf_config(smoke=args.smoke)).eval()
-  decoder, params = copy_weights(hf)
+  decoder, params = load_same_weights(hf)
   rng = np.random.default_rng(0)
   vocab = hf.config.vocab_size
   prompt_bucket = 32
