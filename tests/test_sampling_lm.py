@@ -1,7 +1,6 @@
 """The sampler on the real Flax `CausalLM`, against `transformers` (torch) tiny random Qwen2 / Llama."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
