@@ -4,8 +4,10 @@ Model: the project's tiny Qwen2 (vocab 512, hidden 256, 4 layers, 8 heads, 2 KV 
 built with `transformers` and copied into our parameters. Workload: 128 sequences x 96 tokens (32 prompt +
 64 response), a mixed HPT batch (120 rollouts of 15 questions + 8 demonstration rows), the official loss
 (RL token-sum / T + SFT token-mean over demonstration tokens − 0.001 · token-mean entropy), then global-norm
-clip 1.0 and AdamW (lr 5e-6, wd 0.01). Both sides compute the same loss on the same rows; the first loss
-values are printed side by side as a check.
+clip 1.0 and AdamW (lr 5e-6, wd 0.01), over micro-batches of 32 rows whose gradients are summed (the
+official arithmetic). Both sides compute the same loss on the same rows; the first loss values are printed
+side by side as a check. Steps are timed interleaved (ours, torch, ours, ...) so that on a shared machine
+both see the same load; medians are reported.
 
 MFU = model FLOPs per second / a float32 matmul peak measured in this run (jnp 2048² matmuls).
 Model FLOPs of one step = 3 × forward matmul FLOPs (2·params-in-matmuls per token, including the
@@ -100,43 +102,49 @@ def matmul_peak(repeats: int) -> float:
 
 
 def torch_step_fn(hf, batch: batching.MicroBatches, *, width: int):
-  """A plain PyTorch step with the same arithmetic per micro-batch (Dr.GRPO advantages precomputed)."""
+  """A plain PyTorch step with the same arithmetic: per micro-batch loss, backward, gradients summed
+  over micro-batches (the official verl loop), then clip and AdamW. Dr.GRPO Â precomputed per group."""
   opt = torch.optim.AdamW(hf.parameters(), lr=5e-6, betas=(0.9, 0.999), weight_decay=0.01)
-  flat = lambda x: torch.from_numpy(np.asarray(x).reshape(-1, *np.asarray(x).shape[2:]))
-  tokens, positions = flat(batch.tokens).long(), flat(batch.positions).long()
-  attention, targets = flat(batch.attention_mask).long(), flat(batch.targets).long()
-  mask = flat(batch.response_mask)
-  demo = flat(batch.is_demo)
-  rewards, groups = flat(batch.rewards).double(), flat(batch.group_ids).long()
+  t = lambda x: torch.from_numpy(np.asarray(x))
+  tokens, positions = t(batch.tokens).long(), t(batch.positions).long()
+  attention, targets = t(batch.attention_mask).long(), t(batch.targets).long()
+  mask, demo = t(batch.response_mask), t(batch.is_demo)
+  rewards, groups = t(batch.rewards).double().reshape(-1), t(batch.group_ids).long().reshape(-1)
   adv = torch.zeros_like(rewards)
   for g in groups.unique():
     idx = groups == g
     adv[idx] = rewards[idx] - (rewards[idx].mean() if idx.sum() > 1 else 0.0)
-  adv = adv.float()
+  adv = adv.float().reshape(demo.shape)
+
+  def micro_loss(m):
+    logits = hf(input_ids=tokens[m], attention_mask=attention[m], position_ids=positions[m]).logits.float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets[m][..., None])[..., 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    on = mask[m] & ~demo[m][:, None]
+    off = mask[m] & demo[m][:, None]
+    ratio = torch.exp(logp - logp.detach())
+    rl = torch.where(on, -adv[m][:, None] * ratio, 0.0).sum() / width
+    sft = -torch.where(off, logp, 0.0).sum() / off.sum().clamp(min=1)  # 0 when the micro-batch has no demo
+    bonus = torch.where(mask[m], entropy, 0.0).sum() / mask[m].sum().clamp(min=1)
+    return rl + sft - ENTROPY_COEFF * bonus
 
   def step():
     opt.zero_grad(set_to_none=True)
-    logits = hf(input_ids=tokens, attention_mask=attention, position_ids=positions).logits.float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets[..., None])[..., 0]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    on = mask & ~demo[:, None]
-    off = mask & demo[:, None]
-    ratio = torch.exp(logp - logp.detach())
-    rl = torch.where(on, -adv[:, None] * ratio, 0.0).sum() / width
-    sft = -torch.where(off, logp, 0.0).sum() / off.sum().clamp(min=1)
-    bonus = torch.where(mask, entropy, 0.0).sum() / mask.sum()
-    loss = rl + sft - ENTROPY_COEFF * bonus
-    loss.backward()
+    total = 0.0
+    for m in range(tokens.shape[0]):
+      loss = micro_loss(m)
+      loss.backward()
+      total += float(loss.detach())
     norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
     if torch.isfinite(norm) and norm <= 80.0:
       opt.step()
-    return float(loss.detach())
+    return total
 
   return step
 
 
-def timed(fn, repeats: int) -> tuple[float, list[float]]:
+def timed(fn, repeats: int) -> tuple[float, list[float], object]:
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
@@ -149,6 +157,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--smoke", action="store_true", help="tiny shapes, two repeats (CI)")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--rows-per-micro-batch", type=int, default=32,
+                      help="our step accumulates gradients over micro-batches of this many rows")
   args = parser.parse_args()
   smoke = args.smoke
   repeats = 2 if smoke else args.repeats
@@ -162,12 +172,13 @@ def main():
   rows = make_rows(vocab=config.vocab_size, prompt_len=prompt_len, response_len=response_len,
                    rl_questions=rl_questions, demo_questions=demo_questions, n=n, seed=0)
   seq = prompt_len + response_len
-  batch = batching.pack(rows, config=batching.PackConfig(length_buckets=(seq,), rows_per_micro_batch=rows.num_rows))
+  bm = min(4 if smoke else args.rows_per_micro_batch, rows.num_rows)
+  batch = batching.pack(rows, config=batching.PackConfig(length_buckets=(seq,), rows_per_micro_batch=bm))
   tokens = rows.num_rows * seq
 
   optimizer = optim_lib.make_optimizer(optim_lib.OptimConfig())
   loss = LossConfig(algorithm=upge.HptRl(width=response_len), rl_width=response_len,
-                    entropy_coeff=ENTROPY_COEFF, logprob_chunk=2048)
+                    entropy_coeff=ENTROPY_COEFF, logprob_chunk=1024)
   step = TrainStep(config, loss=loss, optimizer=optimizer)
   state = state_lib.create_train_state(config, optimizer, seed=0, params=params)
   device_batch = step.place_batch(batch)
@@ -184,18 +195,22 @@ def main():
     jax.block_until_ready(holder["state"].params)
     return m
 
-  jax_s, jax_times, _ = timed(jax_step, repeats)
-
   torch_step = torch_step_fn(hf, batch, width=response_len)
   t = time.perf_counter()
   first_loss_torch = torch_step()  # warm-up (also the same-weights check)
   torch_warm_s = time.perf_counter() - t
-  torch_s, torch_times, _ = timed(torch_step, repeats)
+  # Interleaved (ours, torch, ours, torch, ...): on a shared machine both sides see the same load.
+  jax_times, torch_times = [], []
+  for _ in range(repeats):
+    jax_times.append(timed(jax_step, 1)[0])
+    torch_times.append(timed(torch_step, 1)[0])
+  jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
 
   peak = matmul_peak(3 if smoke else 5)
   flops = step_flops(config, rows=rows.num_rows, seq=seq)
   print(f"device: {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}; "
-        f"{rows.num_rows} sequences x {seq} tokens ({int(rows.is_demo.sum())} demonstration rows)")
+        f"{rows.num_rows} sequences x {seq} tokens ({int(rows.is_demo.sum())} demonstration rows); ours in "
+        f"{batch.tokens.shape[0]} micro-batches of {bm} rows, both sides")
   print(f"first-step loss: ours {first_loss_jax:.6f}  torch {first_loss_torch:.6f}  "
         f"(|diff| {abs(first_loss_jax - first_loss_torch):.2e})")
   print(f"matmul peak (f32, 2048^2): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step {flops / 1e9:.2f} GFLOP")
