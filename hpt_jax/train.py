@@ -91,6 +91,21 @@ def main(argv):
     print(f"\nrun finished: {summary.steps} steps in {workdir}")
     for name, path in summary.outputs.items():
       print(f"  {name:<14} {path}")
+    _print_report(workdir)
+
+
+def _print_report(workdir: pathlib.Path) -> None:
+  """The start-vs-final held-out accuracy per level and the training-curve plots (hpt_jax.reporting)."""
+  from hpt_jax import reporting
+  try:
+    report = reporting.report_run(workdir, title=workdir.name)
+  except ValueError as e:  # e.g. validation switched off: nothing to compare
+    print(f"\n(no accuracy table: {e})")
+    return
+  print(f"\n{report.table}\n")
+  print(f"  {'summary':<22} {report.summary}")
+  for name, path in report.plots.items():
+    print(f"  {'plot ' + name:<22} {path}")
 
 
 if __name__ == "__main__":
