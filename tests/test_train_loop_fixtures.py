@@ -31,3 +31,12 @@ def tiny_config(builtin_dir: pathlib.Path, *, steps: int = 2, algorithm: str = "
       logging=c.LoggingConfig(progress_bar=False),
   )
   return dataclasses.replace(base, **sections)
+
+
+def multiprocess_config(builtin_dir) -> c.TrainConfig:
+  """2 SFT steps on a data=4 mesh (2 processes x 2 devices, or 1 process x 4 devices).
+
+  The SFT phase trains on demonstrations only, so the step's rows depend on the data order alone.
+  """
+  from hpt_jax.training.mesh import MeshConfig
+  return tiny_config(pathlib.Path(builtin_dir), steps=2, algorithm="sft", mesh=MeshConfig(data=4))
