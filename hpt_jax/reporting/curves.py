@@ -121,3 +121,42 @@ def plot_run(records: Sequence[Mapping[str, float]], out_dir: str | pathlib.Path
   ax.legend(fontsize=8)
   save(fig, "response_length")
   return paths
+
+
+def mean_series(runs: Sequence[Sequence[Mapping[str, float]]], key: str) -> tuple[Series, np.ndarray]:
+  """(mean Series, std [K]) of `key` over several runs, on the steps every run logged.
+
+  Raises:
+    ValueError: when no step is common to all runs.
+  """
+  per_run = [series(r, key) for r in runs]
+  common = sorted(set.intersection(*(set(s.steps.tolist()) for s in per_run))) if per_run else []
+  if not common:
+    raise ValueError(f"mean_series: no step has {key!r} in all {len(per_run)} runs")
+  values = np.stack([[dict(zip(s.steps.tolist(), s.values))[t] for t in common] for s in per_run])
+  return Series(steps=np.asarray(common), values=values.mean(0)), values.std(0)
+
+
+def plot_groups(groups: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], key: str,
+                path: str | pathlib.Path, *, ylabel: str, title: str = "") -> pathlib.Path:
+  """One line per group (the mean over its runs, a band of ± one std) of metric `key` vs step."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, runs in groups.items():
+    try:
+      mean, std = mean_series(runs, key)
+    except ValueError:
+      continue  # a group that never logged the key (e.g. off_example_ratio of SFT) is left out
+    ax.plot(mean.steps, mean.values, marker=".", label=label)
+    ax.fill_between(mean.steps, mean.values - std, mean.values + std, alpha=0.15)
+  ax.set(xlabel="step", ylabel=ylabel, title=title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -1,0 +1,155 @@
+"""RESULTS.md of the miniature: Table 2 (mean ± std over seeds), Table 4 (exclusive solves by level),
+Table 6 (the γ ablation), and the plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Mapping, Sequence
+
+import numpy as np
+
+import mini_eval
+import mini_setup as ms
+from hpt_jax import reporting
+from hpt_jax.evaluation import exclusive_solves
+from hpt_jax.evaluation.results import ProblemResult
+from hpt_jax.reporting import curves
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+  key: ms.RunKey
+  results: list[ProblemResult]
+  tokens: float  # trained tokens
+  records: list[dict]  # the training metrics (both stages for SFT→GRPO, steps continued)
+
+
+def read_curve(*dirs: pathlib.Path, offset: int = 0) -> list[dict]:
+  """The metrics of one run; a second directory's steps continue after `offset` (SFT→GRPO)."""
+  out = reporting.read_records(dirs[0] / "metrics.jsonl")
+  for d in dirs[1:]:
+    out += [{**r, "step": r["step"] + offset} for r in reporting.read_records(d / "metrics.jsonl")]
+  return out
+
+
+def _mean_std(values: Sequence[float]) -> str:
+  v = 100 * np.asarray(values, np.float64)
+  return f"{v.mean():.1f} ± {v.std():.1f}" if v.size > 1 else f"{v.mean():.1f}"
+
+
+def _levels(results: Sequence[ProblemResult]) -> list[str]:
+  return [k for k in mini_eval.level_scores(results) if k != "all"]
+
+
+def _score_row(label: str, outcomes: Sequence[RunOutcome] | None, base: Sequence[ProblemResult] | None,
+               levels: Sequence[str]) -> str:
+  if outcomes is None:
+    scores = [mini_eval.level_scores(base)]
+    tokens = "—"
+    off = "—"
+  else:
+    scores = [mini_eval.level_scores(o.results) for o in outcomes]
+    tokens = f"{np.mean([o.tokens for o in outcomes]) / 1e3:.0f}k"
+    ratios = [curves.series(o.records, curves.OFF_RATIO).values.mean() for o in outcomes
+              if curves.series(o.records, curves.OFF_RATIO).values.size]
+    off = f"{np.mean(ratios):.3f}" if ratios else "—"
+  cells = [_mean_std([s[k] for s in scores]) for k in (*levels, "all")]
+  return f"| {label} | " + " | ".join(cells) + f" | {tokens} | {off} |"
+
+
+def _table(rows: Sequence[str], levels: Sequence[str]) -> str:
+  head = "| run | " + " | ".join(f"level {k}" for k in levels) + " | all | trained tokens | mean off_example_ratio |"
+  return "\n".join([head, "|" + "---|" * (len(levels) + 4), *rows])
+
+
+def _exclusive(runs: Mapping[str, RunOutcome], spec: ms.Spec) -> str:
+  """HPT (γ = 0) against each baseline, seed by seed, counts summed over seeds."""
+  lines = []
+  header = None
+  for method in (ms.Method.SFT, ms.Method.GRPO, ms.Method.SFT_GRPO, ms.Method.LUFFY):
+    totals: dict[str, list[int]] = {}
+    for seed in spec.seeds:
+      hpt, other = runs.get(ms.RunKey(ms.Method.HPT, seed).name), runs.get(ms.RunKey(method, seed).name)
+      if hpt is None or other is None:
+        continue  # not run (yet): RESULTS.md is rewritten after every run
+      for row in exclusive_solves(hpt.results, other.results):
+        t = totals.setdefault(row.level, [0, 0, 0])
+        t[0] += row.plus
+        t[1] += row.minus
+        t[2] += row.total
+    if not totals:
+      continue
+    if header is None:
+      header = "| vs | " + " | ".join(f"L{k} (N={v[2]})" if k != "Overall" else f"Overall ({v[2]})"
+                                      for k, v in totals.items()) + " |"
+      lines += [header, "|" + "---|" * (len(totals) + 1)]
+    lines.append(f"| {method.value} | " + " | ".join(f"+{p}/−{m}" for p, m, _ in totals.values()) + " |")
+  return "\n".join(lines)
+
+
+def write(spec: ms.Spec, *, runs: Mapping[str, RunOutcome], base: Sequence[ProblemResult],
+          results_dir: pathlib.Path, seconds: Mapping[str, float], total_seconds: float,
+          reduced_note: str = "") -> pathlib.Path:
+  """Writes RESULTS.md and plots/ under results_dir; returns the RESULTS.md path."""
+  levels = _levels(base)
+  by_method = lambda m, g=0: [o for o in runs.values() if o.key.method is m and o.key.gamma == g]
+  table2 = _table([_score_row("base (pretrained on levels "
+                              f"{', '.join(map(str, spec.pretrain_levels))})", None, base, levels)]
+                  + [_score_row(m.value + (" (γ = 0)" if m is ms.Method.HPT else ""), by_method(m), None, levels)
+                     for m in ms.Method if by_method(m)], levels)
+  table6 = _table([_score_row(f"HPT γ = {g}/{spec.rollouts}" if g else "HPT γ = 0", by_method(ms.Method.HPT, g),
+                              None, levels) for g in spec.gammas if by_method(ms.Method.HPT, g)], levels)
+  missing = [k.name for k in ms.all_runs(spec) if k.name not in runs]
+  plots = results_dir / "plots"
+  groups = {m.value: [o.records for o in by_method(m)] for m in ms.Method}
+  curves.plot_groups(groups, curves.VAL_ACCURACY, plots / "val_accuracy.png", ylabel="held-out accuracy (val)",
+                     title="validation accuracy during post-training (mean ± std over seeds)")
+  gates = {f"HPT γ={g}/{spec.rollouts}": [o.records for o in by_method(ms.Method.HPT, g)] for g in spec.gammas}
+  gates["LUFFY"] = groups[ms.Method.LUFFY.value]
+  curves.plot_groups(gates, curves.OFF_RATIO, plots / "off_example_ratio.png", ylabel="off_example_ratio",
+                     title="share of demonstration rows per step")
+  curves.plot_groups(groups, curves.TRAIN_LENGTH, plots / "response_length.png",
+                     ylabel="rollout length (tokens)", title="response length")
+  minutes = {k: f"{v / 60:.1f}" for k, v in seconds.items()}
+  text = f"""# Miniature Table 2 (generated by `python experiments/miniature/run.py`)
+
+{('**' + reduced_note + '**') if reduced_note else ''}
+{('**INCOMPLETE: not run (yet): ' + ', '.join(missing) + '**') if missing else ''}
+
+Setup (experiments/miniature/mini_setup.py): the tiny Qwen2 (~3M parameters) pretrained by SFT for
+{spec.pretrain_steps} steps × {spec.pretrain_prompts} demonstrations on levels {spec.pretrain_levels} only, then
+post-trained on levels {spec.post_levels} for {spec.steps} steps × {spec.prompts} questions × {spec.rollouts} rows
+per method (lr {spec.lr}, the same for all methods, not tuned per method), seeds {spec.seeds}. Evaluation:
+{spec.eval_per_level} held-out problems per level, {spec.eval_samples} samples each at temperature 0.6 / top-p 0.95;
+cells are avg@{spec.eval_samples} (the paper's pass@1) in %, mean ± std over seeds. "trained tokens" is
+what the train step consumed (mean over seeds); HPT's SFT questions use 1 row instead of {spec.rollouts}, so
+its budget is at most the others'.
+
+## Table 2 analogue: accuracy by level
+
+{table2}
+
+## Table 4 analogue: exclusive solves of HPT (γ = 0) against each baseline
+
+"+X/−Y": X held-out problems solved (≥ 1 of {spec.eval_samples} samples correct) by HPT but not the baseline, Y
+the reverse; counts summed over seeds (seed-matched pairs).
+
+{_exclusive(runs, spec)}
+
+## Table 6 analogue: the gate threshold γ
+
+{table6}
+
+## Plots
+
+![validation accuracy](plots/val_accuracy.png)
+![off_example_ratio](plots/off_example_ratio.png)
+![response length](plots/response_length.png)
+
+Wall time: {total_seconds / 60:.1f} min in total on this machine; per run (min): {minutes}.
+"""
+  path = results_dir / "RESULTS.md"
+  path.write_text(text)
+  return path

@@ -1,0 +1,155 @@
+"""The miniature Table 2: what is trained, with which settings (configs only; run.py runs them).
+
+Task: the built-in column-addition task (hpt_jax.data.arithmetic), level L = two L-digit operands.
+  1. Base model: the tiny Qwen2 (presets.tiny, ~3M parameters) pretrained briefly by SFT on levels 1-2
+     only, so that, like Qwen2.5-Math base, it solves the easy questions some of the time and never
+     the hard ones (level 3 has one more column than it has ever seen).
+  2. Post-training on levels 1-3 with the demonstrations, every method at the same budget of rows:
+     each step offers P questions × n = 8 rows (GRPO: 8 rollouts; LUFFY: 7 rollouts + the
+     demonstration; SFT: P·8 demonstrations; HPT: 8 rollouts, or 1 demonstration where the gate
+     sends the question to SFT — so HPT trains on at most the others' tokens, never more);
+     SFT→GRPO spends half the steps on each stage. The trained-token totals are measured and
+     reported next to the scores.
+  3. Held-out evaluation: `eval_per_level` problems per level that no run trains on, `eval_samples`
+     samples each at temperature 0.6 / top-p 0.95 (the paper's protocol), avg@k and pass@k.
+
+All methods share one learning rate (not tuned per method; the paper's 5e-6 vs 1e-6 for LUFFY is a
+statement about 7B models and does not transfer to a 3M model trained for a few dozen steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import pathlib
+
+from hpt_jax.hybrid.objective import AdvantageEstimator, LossConfig, LossMode
+from hpt_jax.models import presets
+from hpt_jax.training import config as c
+from hpt_jax.upge import algorithms
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Spec:
+  """Sizes of the miniature (the defaults are the full run; run.py's --reduced shrinks them)."""
+  pretrain_levels: tuple[int, ...] = (1, 2)
+  post_levels: tuple[int, ...] = (1, 2, 3)
+  pretrain_steps: int = 150
+  pretrain_prompts: int = 64
+  pretrain_lr: float = 1e-3
+  steps: int = 24
+  prompts: int = 8  # P questions per step
+  rollouts: int = 8  # n
+  lr: float = 3e-4
+  response_len: int = 40  # a level-3 demonstration is <= 36 tokens + EOS
+  prompt_len: int = 32
+  eval_per_level: int = 32  # level 1 has only 100 distinct problems
+  eval_samples: int = 8
+  seeds: tuple[int, ...] = (0, 1, 2)
+  gammas: tuple[int, ...] = (0, 1, 2)  # γ·n for the Table 6 ablation (0, 1/8, 2/8)
+
+
+class Method(enum.Enum):
+  SFT = "SFT"
+  GRPO = "GRPO"
+  SFT_GRPO = "SFT→GRPO"
+  LUFFY = "LUFFY"
+  HPT = "HPT"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKey:
+  """One post-training run: a method, a seed, and (HPT only) the gate's γ·n."""
+  method: Method
+  seed: int
+  gamma: int = 0
+
+  @property
+  def name(self) -> str:
+    base = {Method.SFT_GRPO: "sft_grpo"}.get(self.method, self.method.value.lower())
+    return f"{base}_g{self.gamma}_s{self.seed}" if self.method is Method.HPT else f"{base}_s{self.seed}"
+
+
+def _model(spec: Spec):
+  return presets.tiny(max_position_embeddings=2 * (spec.prompt_len + spec.response_len))
+
+
+def _base(spec: Spec, *, levels: tuple[int, ...], task_dir: pathlib.Path, seed: int,
+          prompts: int, rollouts: int, lr: float, phases: tuple[c.Phase, ...],
+          model: c.ModelSource, gamma: int = 0, validate_every: int = 0) -> c.TrainConfig:
+  # validation.num_problems is also the held-out count per level of the built-in task (the data
+  # source ties them), so it is eval_per_level in every run: pretraining and post-training then
+  # hold out the same problems and no run trains on an evaluation question.
+  return c.TrainConfig(
+      model=model,
+      data=c.DataConfig(builtin_problems=2000 * len(levels), builtin_levels=levels, builtin_seed=0,
+                        builtin_dir=task_dir, max_prompt_length=spec.prompt_len,
+                        max_response_length=spec.response_len, shuffle_seed=47 + seed, reward_workers=1),
+      sampling=c.SamplingConfig(rollouts_per_prompt=rollouts, prompt_buckets=(spec.prompt_len,),
+                                response_buckets=(spec.response_len,)),
+      gate=c.GateConfig(gamma_count=gamma),
+      batch=c.BatchConfig(prompts_per_step=prompts, rows_per_optimizer_step=32, rows_per_micro_batch=32),
+      optim=c.OptimConfig(learning_rate=lr, weight_decay=0.0, skip_above_norm=None),
+      phases=phases,
+      validation=c.ValidationConfig(every_steps=validate_every, before_training=False,
+                                    num_problems=spec.eval_per_level, samples_per_problem=1),
+      checkpoint=c.CheckpointConfig(every_steps=10_000, keep_last=1, keep_best=1, async_save=False),
+      logging=dataclasses.replace(c.TrainConfig().logging, tensorboard=False, progress_bar=False),
+      seed=seed)
+
+
+def pretrain_config(spec: Spec, *, task_dir: pathlib.Path) -> c.TrainConfig:
+  """SFT from random weights on the easy levels only."""
+  loss, rows = c.baseline("sft", width=spec.response_len)
+  return _base(spec, levels=spec.pretrain_levels, task_dir=task_dir, seed=0, prompts=spec.pretrain_prompts,
+               rollouts=1, lr=spec.pretrain_lr, phases=(c.Phase(loss=loss, rows=rows, steps=spec.pretrain_steps),),
+               model=c.ModelSource(config=_model(spec)))
+
+
+def _grpo(width: int) -> LossConfig:
+  # As experiments/paper: the official framework without demonstrations (Dr.GRPO, no clip, Σ/T).
+  return LossConfig(algorithm=algorithms.HptRl(width=width), sft=False, mode=LossMode.OFFICIAL,
+                    advantage=AdvantageEstimator.DR_GRPO, entropy_coeff=0.001, rl_width=width)
+
+
+def post_configs(spec: Spec, key: RunKey, *, base_dir: pathlib.Path, task_dir: pathlib.Path,
+                 stage_dir: pathlib.Path | None = None) -> list[c.TrainConfig]:
+  """The config(s) of one post-training run starting from the HF export `base_dir`.
+
+  SFT→GRPO returns two configs: the SFT stage, and the GRPO stage starting from `stage_dir` (the
+  SFT stage's export).
+  """
+  model = c.ModelSource(config=_model(spec), hf_dir=base_dir, tokenizer_dir=base_dir)
+  w, p, n, s = spec.response_len, spec.prompts, spec.rollouts, spec.steps
+  common = dict(levels=spec.post_levels, task_dir=task_dir, seed=key.seed, lr=spec.lr,
+                validate_every=max(1, s // 4))
+  sft_loss, sft_rows = c.baseline("sft", width=w)
+  if key.method is Method.SFT:
+    return [_base(spec, prompts=p * n, rollouts=1, model=model,
+                  phases=(c.Phase(loss=sft_loss, rows=sft_rows, steps=s),), **common)]
+  if key.method is Method.GRPO:
+    return [_base(spec, prompts=p, rollouts=n, model=model,
+                  phases=(c.Phase(loss=_grpo(w), rows=c.RowSource.ROLLOUTS, steps=s),), **common)]
+  if key.method is Method.SFT_GRPO:
+    half = s // 2
+    stage2 = c.ModelSource(config=_model(spec), hf_dir=stage_dir, tokenizer_dir=base_dir)
+    return [_base(spec, prompts=p * n, rollouts=1, model=model,
+                  phases=(c.Phase(loss=sft_loss, rows=sft_rows, steps=half),), **common),
+            _base(spec, prompts=p, rollouts=n, model=stage2,
+                  phases=(c.Phase(loss=_grpo(w), rows=c.RowSource.ROLLOUTS, steps=s - half),), **common)]
+  if key.method is Method.LUFFY:
+    loss, rows = c.baseline("luffy", width=w)
+    return [_base(spec, prompts=p, rollouts=n - 1, model=model, phases=(c.Phase(loss=loss, rows=rows, steps=s),),
+                  **common)]
+  loss, rows = c.baseline("hpt", width=w)
+  return [_base(spec, prompts=p, rollouts=n, model=model, gamma=key.gamma,
+                phases=(c.Phase(loss=loss, rows=rows, steps=s),), **common)]
+
+
+def all_runs(spec: Spec) -> list[RunKey]:
+  """Table 2's methods (HPT at γ = 0) and Table 6's extra gates, every seed."""
+  # HPT and the on-policy baseline first: a sweep cut short still has the central comparison.
+  order = (Method.HPT, Method.GRPO, Method.SFT, Method.LUFFY, Method.SFT_GRPO)
+  keys = [RunKey(m, seed) for seed in spec.seeds for m in order]
+  keys += [RunKey(Method.HPT, seed, g) for seed in spec.seeds for g in spec.gammas if g != 0]
+  return keys

@@ -1,0 +1,115 @@
+"""The paper's Table 2 in miniature, in one command (see mini_setup.py for what is trained).
+
+  python experiments/miniature/run.py                    # full: 3 seeds, ~60 min on 2 idle cores
+  python experiments/miniature/run.py --reduced          # 1 seed, fewer steps (marked in RESULTS.md)
+  python experiments/miniature/run.py --workdir /tmp/m   # elsewhere (default runs/miniature)
+
+Everything runs in this one process, so compiled programs are shared between runs. A rerun with the
+same workdir skips every run whose export and evaluation are already there (resumable), then
+rewrites experiments/miniature/RESULTS.md and experiments/miniature/plots/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(_HERE))
+import mini_eval  # noqa: E402
+import mini_results  # noqa: E402
+import mini_setup as ms  # noqa: E402
+
+REDUCED = dict(seeds=(0,), steps=16, pretrain_steps=120, eval_samples=4)
+# The test's end-to-end run: a few steps of everything, seconds of compute each.
+SMOKE = dict(seeds=(0,), gammas=(0, 2), steps=2, pretrain_steps=2, prompts=2, rollouts=4, pretrain_prompts=8,
+             eval_per_level=2, eval_samples=2, response_len=24)
+
+
+def _trained(workdir: pathlib.Path) -> bool:
+  return (workdir / "hf_final" / "config.json").is_file()
+
+
+def _train(config, workdir: pathlib.Path) -> float:
+  """Trains `config` into `workdir` unless its export exists; returns the seconds spent."""
+  from hpt_jax.training import loop  # deferred: heavy
+  if _trained(workdir):
+    return 0.0
+  start = time.perf_counter()
+  loop.train(config, workdir=workdir)
+  return time.perf_counter() - start
+
+
+def _tokens(workdir: pathlib.Path) -> float:
+  """Tokens the train step processed (real prompt + response tokens, summed over steps)."""
+  from hpt_jax import reporting
+  records = reporting.read_records(workdir / "metrics.jsonl")
+  return float(sum(r.get("perf/training_tokens_per_s", 0.0) * r.get("perf/training_seconds", 0.0)
+                   for r in records))
+
+
+def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, reduced_note: str = "") -> pathlib.Path:
+  """Pretrains the base, post-trains every run, evaluates, writes RESULTS.md; returns its path."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  wall = time.perf_counter()
+  log = lambda msg: print(f"[miniature {time.perf_counter() - wall:7.1f}s] {msg}", flush=True)
+  pre_task, post_task = workdir / "task_pretrain", workdir / "task_post"
+  base_dir = workdir / "base"
+  log("pretraining the base model (SFT on levels "
+      f"{spec.pretrain_levels}, {spec.pretrain_steps} steps)")
+  seconds = {"base": _train(ms.pretrain_config(spec, task_dir=pre_task), base_dir)}
+  eval_file = post_task / "eval" / "builtin.parquet"
+
+  def evaluate(run_dir: pathlib.Path):
+    return mini_eval.evaluate_export(run_dir / "hf_final", eval_file=eval_file, out_dir=run_dir / "eval",
+                                     samples=spec.eval_samples, prompt_len=spec.prompt_len,
+                                     response_len=spec.response_len)
+
+  runs: dict[str, mini_results.RunOutcome] = {}
+  base = None
+  path = None
+  for key in ms.all_runs(spec):
+    run_dir = workdir / key.name
+    log(f"post-training {key.name}")
+    configs = ms.post_configs(spec, key, base_dir=base_dir / "hf_final", task_dir=post_task,
+                              stage_dir=run_dir / "stage1" / "hf_final")
+    if len(configs) == 2:  # SFT→GRPO: the SFT stage, then GRPO from its export
+      seconds[key.name] = _train(configs[0], run_dir / "stage1") + _train(configs[1], run_dir)
+      tokens = _tokens(run_dir / "stage1") + _tokens(run_dir)
+      curves = mini_results.read_curve(run_dir / "stage1", run_dir, offset=configs[0].total_steps)
+    else:
+      seconds[key.name] = _train(configs[0], run_dir)
+      tokens = _tokens(run_dir)
+      curves = mini_results.read_curve(run_dir)
+    if base is None:  # the held-out file exists once the first post-training run wrote its task
+      base = evaluate(base_dir)
+    runs[key.name] = mini_results.RunOutcome(key=key, results=evaluate(run_dir), tokens=tokens, records=curves)
+    # Rewritten after every run, so an interrupted sweep still reports what it finished.
+    (workdir / "seconds.json").write_text(json.dumps(seconds, indent=1))
+    path = mini_results.write(spec, runs=runs, base=base, results_dir=results_dir, seconds=seconds,
+                              total_seconds=time.perf_counter() - wall, reduced_note=reduced_note)
+  log(f"done: {path}")
+  return path
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/miniature"))
+  parser.add_argument("--results_dir", type=pathlib.Path, default=_HERE)
+  parser.add_argument("--reduced", action="store_true", help=f"a reduced run: {REDUCED}")
+  parser.add_argument("--smoke", action="store_true", help="a seconds-long smoke run (tests)")
+  args = parser.parse_args(argv)
+  spec, note = ms.Spec(), ""
+  if args.reduced:
+    spec, note = dataclasses.replace(spec, **REDUCED), f"REDUCED run ({REDUCED}), not the full protocol"
+  if args.smoke:
+    spec, note = dataclasses.replace(spec, **SMOKE), "SMOKE run (a test of the pipeline; numbers mean nothing)"
+  run(spec, workdir=args.workdir.absolute(), results_dir=args.results_dir, reduced_note=note)
+
+
+if __name__ == "__main__":
+  main()
