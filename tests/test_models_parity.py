@@ -145,3 +145,26 @@ def _save_tiny_tokenizer(directory):
                                               eos_token="<eos>")
   os.makedirs(directory, exist_ok=True)
   fast.save_pretrained(directory)
+
+
+def test_llama_attention_bias_matches_transformers(tmp_path):
+  """Llama's `attention_bias=True` adds biases to q/k/v *and* o_proj (Qwen2 has none on o_proj)."""
+  torch.manual_seed(1)
+  config = transformers.LlamaConfig(
+      vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+      attention_bias=True, tie_word_embeddings=False)
+  torch_model = transformers.AutoModelForCausalLM.from_config(
+      config, attn_implementation="eager").eval()
+  with torch.no_grad():
+    for name, param in torch_model.named_parameters():
+      if name.endswith("bias"):
+        param.add_(0.2 * torch.randn_like(param))
+  torch_model.save_pretrained(tmp_path)
+  ours = hf_io.load_pretrained(tmp_path)
+  assert ours.config.qkv_bias and ours.config.o_bias
+  tokens, positions, mask = padded_batch(np.random.default_rng(1), vocab_size=VOCAB, length=6,
+                                         left_pad=[2, 0], right_pad=[0, 1])
+  ref_logits, _ = _hf_forward(torch_model, tokens, positions, mask)
+  logits, _, _ = _run_ours(ours, tokens, positions, mask)
+  assert valid_max_abs_diff(logits, ref_logits, mask) <= 1e-4

@@ -63,30 +63,24 @@ class RMSNorm(nnx.Module):
 
 
 class Dense(nnx.Module):
-  """A kernel (+ optional bias) applied by an einsum the caller names; HF `nn.Linear` equivalent."""
+  """A kernel (+ optional bias) applied by an einsum the caller names; HF `nn.Linear` equivalent.
+
+  The bias spans the kernel's output dims, `kernel_shape[bias_from:]`: dims 1.. for q/k/v
+  ([D, N, H] -> bias [N, H]), dim 2 for o_proj ([N, H, D] -> bias [D]).
+  """
 
   def __init__(self, config: ModelConfig, *, kernel_shape: Sequence[int],
-               kernel_axes: tuple[str, ...], bias: bool, rngs: nnx.Rngs):
+               kernel_axes: tuple[str, ...], bias: bool, rngs: nnx.Rngs, bias_from: int = 1):
     self.dtype = config.dtype
     self.kernel = _param(kernel_shape, kernel_axes, config.param_dtype, init=_normal, rngs=rngs)
-    # The bias spans the kernel's output dims, i.e. all but the first (input) one.
-    self.bias = (_param(kernel_shape[1:], kernel_axes[1:], config.param_dtype) if bias else None)
+    self.bias = (_param(kernel_shape[bias_from:], kernel_axes[bias_from:], config.param_dtype)
+                 if bias else None)
 
   def __call__(self, equation: str, x: Array) -> Array:
     y = jnp.einsum(equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
-
-
-class OutDense(Dense):
-  """o_proj: kernel [N, H, D]; its bias (Llama attention_bias) spans only the output D."""
-
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    super().__init__(config, kernel_shape=(config.num_heads, config.head_dim, config.hidden_size),
-                     kernel_axes=("heads", "head_dim", "embed"), bias=False, rngs=rngs)
-    self.bias = (_param((config.hidden_size,), ("embed",), config.param_dtype)
-                 if config.o_bias else None)
 
 
 class Attention(nnx.Module):
@@ -102,7 +96,9 @@ class Attention(nnx.Module):
     self.v_proj = Dense(config, kernel_shape=(d, k, h),
                         kernel_axes=("embed", "kv_heads", "head_dim"), bias=config.qkv_bias,
                         rngs=rngs)
-    self.o_proj = OutDense(config, rngs=rngs)
+    # Llama's `attention_bias` also biases o_proj; Qwen2 never does.
+    self.o_proj = Dense(config, kernel_shape=(n, h, d), kernel_axes=("heads", "head_dim", "embed"),
+                        bias=config.o_bias, bias_from=2, rngs=rngs)
     self.query_chunk = config.attention_query_chunk
 
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array,
