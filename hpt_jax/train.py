@@ -48,11 +48,21 @@ def resolve_config_path(name: str) -> pathlib.Path:
   return candidate if candidate.is_file() else path
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Keeps INFO lines of orbax / jax internals out of the run's log (warnings still pass)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    noisy = ("/orbax/" in record.pathname or "/jax/" in record.pathname)
+    return record.levelno >= std_logging.WARNING or not noisy
+
+
 def _log_to_file(workdir: pathlib.Path) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
   handler = std_logging.FileHandler(workdir / "train.log")
   handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+  handler.addFilter(_QuietLibraries())
   logging.get_absl_logger().addHandler(handler)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def main(argv):

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from hpt_jax.training import config as c
 from hpt_jax.training import loop
 from hpt_jax.training.checkpoint import Checkpointer
 from hpt_jax.training.metrics import read_jsonl
@@ -19,9 +20,12 @@ def builtin_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, builtin_dir):
-  """4 HPT steps in one go (shared by the tests below; the compiled programs are reused)."""
+  """4 HPT steps in one go, validated every 2 steps and exported (shared by the tests below; the
+  compiled programs are reused)."""
   workdir = tmp_path_factory.mktemp("straight")
-  config = fx.tiny_config(builtin_dir, steps=4)
+  config = fx.tiny_config(
+      builtin_dir, steps=4, validation=c.ValidationConfig(every_steps=2, num_problems=4),
+      checkpoint=c.CheckpointConfig(every_steps=1, keep_last=2, keep_best=1, export_hf=True))
   summary = loop.train(config, workdir=workdir)
   return config, workdir, summary
 
@@ -56,10 +60,23 @@ def test_hpt_steps_write_metrics_and_checkpoints(straight_run):
     assert r["gate/off_example_ratio"] == pytest.approx(sft / (sft + 4 * (4 - sft)))
     # 8 rows per optimizer step.
     assert r["train/optimizer_steps"] == -(-(r["gate/rl_rows"] + r["gate/sft_rows"]) // 8)
-  # keep_last=2 (and no validation, so no "best").
-  assert Checkpointer(workdir / "checkpoints", config=config.checkpoint).all_steps() == [3, 4]
+  # Validation at steps 2 and 4 (4 held-out problems, 1 sample each).
+  val = {r["step"]: r["val/accuracy"] for r in records if "val/accuracy" in r}
+  assert sorted(val) == [2, 4] and all(v in (0.0, 0.25, 0.5, 0.75, 1.0) for v in val.values())
+  # keep_last=2 plus the best validated step (ties keep the later one).
+  best = 2 if val[2] > val[4] else 4
+  assert Checkpointer(workdir / "checkpoints", config=config.checkpoint).all_steps() == sorted({3, 4, best})
   assert (workdir / "tensorboard").is_dir()
   assert summary.outputs["metrics"] == workdir / "metrics.jsonl"
+  # The final model is exported as an HF directory holding exactly the final parameters.
+  from flax import nnx
+  from hpt_jax.models import hf_io
+  assert summary.outputs["hf_final"] == workdir / "hf_final" and (workdir / "hf_best").is_dir()
+  assert (workdir / "hf_final" / "tokenizer.json").is_file()
+  exported = nnx.to_pure_dict(nnx.state(hf_io.load_pretrained(workdir / "hf_final"), nnx.Param))
+  _, state = _final_params(workdir, config)
+  for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(state["params"]), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_resume_reproduces_the_uninterrupted_run(straight_run, builtin_dir, tmp_path):
