@@ -23,6 +23,7 @@ def get_config() -> c.TrainConfig:
       batch=c.BatchConfig(prompts_per_step=16, rows_per_optimizer_step=64, rows_per_micro_batch=32),
       optim=c.OptimConfig(learning_rate=1e-3, weight_decay=0.0, skip_above_norm=None),
       phases=(c.Phase(loss=loss, rows=rows, steps=60),),
-      validation=c.ValidationConfig(every_steps=20, num_problems=64, samples_per_problem=1),
+      validation=c.ValidationConfig(every_steps=20, before_training=True, num_problems=64,
+                                    samples_per_problem=1),
       checkpoint=c.CheckpointConfig(every_steps=20, keep_last=2, keep_best=1),
   )

@@ -274,7 +274,9 @@ def train(config: TrainConfig, *, workdir: str | pathlib.Path, data: TrainingDat
     run.data.load_state_dict(host["data"])
     best = BestTracker.from_dict(config.checkpoint.best_mode, host["best"])
     logging.info("resumed from step %d in %s", start, run.checkpointer.directory)
-  run.writer.truncate_after(start)
+  # Records past the restored step (or all of them, for a fresh start) were written by a run that
+  # did not reach its next checkpoint; they are rewritten identically below.
+  run.writer.truncate_after(start if start > 0 else -1)
   total = config.total_steps
   end = total if stop_after_steps is None else min(total, start + stop_after_steps)
   progress = Progress(start=start, total=total, enabled=config.logging.progress_bar and
