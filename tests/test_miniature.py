@@ -62,7 +62,7 @@ def test_miniature_end_to_end(tmp_path):
   import run
   run.main(["--smoke", "--workdir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "res")])
   text = (tmp_path / "res" / "RESULTS.md").read_text()
-  assert "SMOKE run" in text and "Table 4 analogue" in text and "HPT γ = 2/4" in text
+  assert "SMOKE run" in text and "Table 4 analogue" in text and "| GRPO | +" in text and "| HPT γ = 0 |" in text
   for name in ("val_accuracy", "off_example_ratio", "response_length"):
     assert (tmp_path / "res" / "plots" / f"{name}.png").stat().st_size > 1000
   # The HPT row's level-1 cell equals avg@k recomputed from the evaluator's per-problem file.

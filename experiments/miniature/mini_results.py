@@ -51,7 +51,7 @@ def _score_row(label: str, outcomes: Sequence[RunOutcome] | None, base: Sequence
     off = "—"
   else:
     scores = [mini_eval.level_scores(o.results) for o in outcomes]
-    tokens = f"{np.mean([o.tokens for o in outcomes]) / 1e3:.0f}k"
+    tokens = f"{np.mean([o.tokens for o in outcomes]):,.0f}"
     ratios = [curves.series(o.records, curves.OFF_RATIO).values.mean() for o in outcomes
               if curves.series(o.records, curves.OFF_RATIO).values.size]
     off = f"{np.mean(ratios):.3f}" if ratios else "—"
