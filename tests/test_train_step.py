@@ -181,8 +181,9 @@ def test_mixed_batch_official_mode(params):
 
 @pytest.fixture(scope="module")
 def paper_step():
+  # logprob_chunk=None: the full-logits path (the other steps here use the chunked one).
   loss = LossConfig(algorithm=upge.HptRl(width=T_CONST), mode=LossMode.PAPER, rl_width=T_CONST,
-                    entropy_coeff=0.001, logprob_chunk=16)
+                    entropy_coeff=0.001, logprob_chunk=None)
   return TrainStep(CFG, loss=loss, optimizer=optim_lib.make_optimizer(optim_lib.OptimConfig()))
 
 

@@ -71,7 +71,9 @@ class LossConfig:
       normalised separately and averaged, as the official run's 8 data-parallel ranks each
       normalise their own micro-batch before gradients are averaged (1: one block).
     temperature: logits are divided by it before log-softmax / entropy (rollout temperature).
-    logprob_chunk: positions per chunk of the log-prob / entropy computation from hidden states.
+    logprob_chunk: positions per chunk of the log-prob / entropy computation from hidden states
+      (each chunk's logits are recomputed in the backward pass); None computes the full [Bm, L, V]
+      float32 logits at once and keeps them — faster for a small vocabulary, never for 152k.
   """
 
   algorithm: upge.Algorithm | None = upge.HptRl(width=8192)
@@ -82,7 +84,7 @@ class LossConfig:
   rl_width: int = 8192
   official_ranks: int = 1
   temperature: float = 1.0
-  logprob_chunk: int = 1024
+  logprob_chunk: int | None = 1024
 
   def __post_init__(self):
     if getattr(self.algorithm, "entropy_coeff", 0.0) != 0.0:
@@ -93,7 +95,8 @@ class LossConfig:
                        f"{type(self.algorithm).__name__}")
     if self.algorithm is None and not self.sft:
       raise ValueError("LossConfig: no algorithm and sft=False leaves nothing to optimise")
-    if self.rl_width < 1 or self.official_ranks < 1 or self.logprob_chunk < 1:
+    chunk_ok = self.logprob_chunk is None or self.logprob_chunk >= 1
+    if self.rl_width < 1 or self.official_ranks < 1 or not chunk_ok:
       raise ValueError(f"LossConfig.rl_width ({self.rl_width}), official_ranks ({self.official_ranks}) and "
                        f"logprob_chunk ({self.logprob_chunk}) must be >= 1")
     if self.temperature <= 0:

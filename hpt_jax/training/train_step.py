@@ -122,6 +122,8 @@ class TrainStep:
       params = jax.tree.map(lambda p: p.astype(self._compute_dtype), params)
     model = nnx.merge(self.graphdef, nnx.State(params))
     hidden, _ = model(mb.tokens, positions=mb.positions, attention_mask=mb.attention_mask)
+    if cfg.logprob_chunk is None:
+      return upge.token_logprobs(model.logits(hidden), mb.targets, temperature=cfg.temperature)
     return upge.chunked_token_logprobs(hidden, model.unembedding(), mb.targets, chunk_size=cfg.logprob_chunk,
                                        temperature=cfg.temperature)
 
