@@ -155,16 +155,28 @@ def test_pack_layout_masks_and_padding_rows():
     batching.pack(rows, advantages=adv[:3], config=cfg)
 
 
-def test_gate_state_round_trips_through_orbax(tmp_path):
+def test_train_state_with_gate_state_round_trips_through_orbax(tmp_path):
+  """The whole TrainState (params, skip-wrapped AdamW state, gate state, step, key) is one orbax pytree."""
+  import jax
+  import jax.numpy as jnp
   import orbax.checkpoint as ocp
 
+  from hpt_jax.training import optimizer as optim_lib
+  from hpt_jax.training.state import TrainState
+
   transform = hybrid.make_gate(HardGate(threshold=Threshold.of_count(0)), num_questions=4)
-  _, state = transform.update(transform.init(), question_ids=np.array([1, 2]), correct=np.array([0, 3]),
-                              num_rollouts=4)
+  _, gate_state = transform.update(transform.init(), question_ids=np.array([1, 2]), correct=np.array([0, 3]),
+                                   num_rollouts=4)
+  params = {"w": jnp.arange(6.0).reshape(2, 3), "b": {"c": jnp.ones((3,))}}
+  opt = optim_lib.make_optimizer(optim_lib.OptimConfig())
+  opt_state = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)[1]
+  state = TrainState(step=jnp.asarray(3, jnp.int32), params=params, opt_state=opt_state, gate_state=gate_state,
+                     rng=jax.random.key_data(jax.random.key(7)))
   with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(tmp_path / "gate", state)
+    ckpt.save(tmp_path / "state", state)
     ckpt.wait_until_finished()
-    restored = ckpt.restore(tmp_path / "gate", state)
-  assert type(restored) is hybrid.GateState
-  for name, a, b in zip(state._fields, state, restored):
-    np.testing.assert_array_equal(np.asarray(b), a, err_msg=name)
+    restored = ckpt.restore(tmp_path / "state", state)
+  assert type(restored.gate_state) is hybrid.GateState
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=jax.tree_util.keystr(path))
