@@ -66,6 +66,7 @@ def test_two_phase_config_steps_map_to_phases(tiny):
     (("mesh.data=8", "batch.rows_per_micro_batch=4", "batch.rows_per_optimizer_step=64"),
      "batch.rows_per_micro_batch"),
     (("phases.0.loss.official_ranks=3",), "phases.0.loss.official_ranks"),
+    (("sampling.temperature=0.6",), "phases.0.loss.temperature"),
     (("gate.gamma_fraction=0.25",), "gate"),
     (("phases.0.steps=-1",), "phases.0.steps"),
     (("optim.nonexistent=1",), "optim.nonexistent"),

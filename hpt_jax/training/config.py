@@ -352,6 +352,11 @@ def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
         f"batch.prompts_per_step: {batch.prompts_per_step} prompts × {sampling.rollouts_per_prompt} "
         f"rollouts = {rollout_rows} rows are not divisible by the mesh's batch shards ({batch_shards})")
   for i, phase in enumerate(config.phases):
+    # π_old comes from the sampler's log-probs at its temperature; π_θ must be taken at the same one.
+    if phase.rows is not RowSource.DEMOS and phase.loss.temperature != sampling.temperature:
+      raise ConfigError(f"phases.{i}.loss.temperature={phase.loss.temperature} differs from "
+                        f"sampling.temperature={sampling.temperature}; the ratio π_θ/π_old needs both at "
+                        "the rollout temperature")
     if phase.loss.mode is LossMode.OFFICIAL and batch.rows_per_micro_batch % phase.loss.official_ranks:
       raise ConfigError(f"phases.{i}.loss.official_ranks={phase.loss.official_ranks} does not divide "
                         f"batch.rows_per_micro_batch={batch.rows_per_micro_batch}")
