@@ -106,7 +106,7 @@ def write(spec: ms.Spec, *, runs: Mapping[str, RunOutcome], base: Sequence[Probl
   groups = {m.value: [o.records for o in by_method(m)] for m in ms.Method}
   curves.plot_groups(groups, curves.VAL_ACCURACY, plots / "val_accuracy.png", ylabel="held-out accuracy (val)",
                      title="validation accuracy during post-training (mean ± std over seeds)")
-  gates = {f"HPT γ={g}/{spec.rollouts}": [o.records for o in by_method(ms.Method.HPT, g)] for g in spec.gammas}
+  gates = {(f"HPT γ={g}/{spec.rollouts}" if g else "HPT γ=0"): [o.records for o in by_method(ms.Method.HPT, g)] for g in spec.gammas}
   gates["LUFFY"] = groups[ms.Method.LUFFY.value]
   curves.plot_groups(gates, curves.OFF_RATIO, plots / "off_example_ratio.png", ylabel="off_example_ratio",
                      title="share of demonstration rows per step")
@@ -148,7 +148,9 @@ the reverse; counts summed over seeds (seed-matched pairs).
 ![off_example_ratio](plots/off_example_ratio.png)
 ![response length](plots/response_length.png)
 
-Wall time: {total_seconds / 60:.1f} min in total on this machine; per run (min): {minutes}.
+Wall time of this invocation: {total_seconds / 60:.1f} min; training wall time per run, summed over invocations
+(min): {minutes}. The machine was shared with other jobs (load average 10-16 on 2 cores), so these are
+several times what an idle 2-core machine needs.
 """
   path = results_dir / "RESULTS.md"
   path.write_text(text)

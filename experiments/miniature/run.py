@@ -52,8 +52,12 @@ def _tokens(workdir: pathlib.Path) -> float:
                    for r in records))
 
 
-def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, reduced_note: str = "") -> pathlib.Path:
-  """Pretrains the base, post-trains every run, evaluates, writes RESULTS.md; returns its path."""
+def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, reduced_note: str = "",
+        report_only: bool = False) -> pathlib.Path:
+  """Pretrains the base, post-trains every run, evaluates, writes RESULTS.md; returns its path.
+
+  With `report_only`, trains nothing: RESULTS.md is rewritten from the runs already finished.
+  """
   workdir.mkdir(parents=True, exist_ok=True)
   wall = time.perf_counter()
   log = lambda msg: print(f"[miniature {time.perf_counter() - wall:7.1f}s] {msg}", flush=True)
@@ -61,7 +65,11 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
   base_dir = workdir / "base"
   log("pretraining the base model (SFT on levels "
       f"{spec.pretrain_levels}, {spec.pretrain_steps} steps)")
-  seconds = {"base": _train(ms.pretrain_config(spec, task_dir=pre_task), base_dir)}
+  if report_only and not _trained(base_dir):
+    raise FileNotFoundError(f"{base_dir}: no pretrained base to report on")
+  seconds_file = workdir / "seconds.json"
+  seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
+  seconds["base"] = seconds.get("base", 0.0) + _train(ms.pretrain_config(spec, task_dir=pre_task), base_dir)
   eval_file = post_task / "eval" / "builtin.parquet"
 
   def evaluate(run_dir: pathlib.Path):
@@ -74,22 +82,25 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
   path = None
   for key in ms.all_runs(spec):
     run_dir = workdir / key.name
+    if report_only and not _trained(run_dir):
+      continue
     log(f"post-training {key.name}")
     configs = ms.post_configs(spec, key, base_dir=base_dir / "hf_final", task_dir=post_task,
                               stage_dir=run_dir / "stage1" / "hf_final")
     if len(configs) == 2:  # SFT→GRPO: the SFT stage, then GRPO from its export
-      seconds[key.name] = _train(configs[0], run_dir / "stage1") + _train(configs[1], run_dir)
+      seconds[key.name] = seconds.get(key.name, 0.0) + _train(configs[0], run_dir / "stage1") + _train(
+          configs[1], run_dir)
       tokens = _tokens(run_dir / "stage1") + _tokens(run_dir)
       curves = mini_results.read_curve(run_dir / "stage1", run_dir, offset=configs[0].total_steps)
     else:
-      seconds[key.name] = _train(configs[0], run_dir)
+      seconds[key.name] = seconds.get(key.name, 0.0) + _train(configs[0], run_dir)
       tokens = _tokens(run_dir)
       curves = mini_results.read_curve(run_dir)
     if base is None:  # the held-out file exists once the first post-training run wrote its task
       base = evaluate(base_dir)
     runs[key.name] = mini_results.RunOutcome(key=key, results=evaluate(run_dir), tokens=tokens, records=curves)
     # Rewritten after every run, so an interrupted sweep still reports what it finished.
-    (workdir / "seconds.json").write_text(json.dumps(seconds, indent=1))
+    seconds_file.write_text(json.dumps(seconds, indent=1))
     path = mini_results.write(spec, runs=runs, base=base, results_dir=results_dir, seconds=seconds,
                               total_seconds=time.perf_counter() - wall, reduced_note=reduced_note)
   log(f"done: {path}")
@@ -102,13 +113,16 @@ def main(argv=None) -> None:
   parser.add_argument("--results_dir", type=pathlib.Path, default=_HERE)
   parser.add_argument("--reduced", action="store_true", help=f"a reduced run: {REDUCED}")
   parser.add_argument("--smoke", action="store_true", help="a seconds-long smoke run (tests)")
+  parser.add_argument("--report_only", action="store_true",
+                      help="train nothing; rewrite RESULTS.md from the runs already finished in --workdir")
   args = parser.parse_args(argv)
   spec, note = ms.Spec(), ""
   if args.reduced:
     spec, note = dataclasses.replace(spec, **REDUCED), f"REDUCED run ({REDUCED}), not the full protocol"
   if args.smoke:
     spec, note = dataclasses.replace(spec, **SMOKE), "SMOKE run (a test of the pipeline; numbers mean nothing)"
-  run(spec, workdir=args.workdir.absolute(), results_dir=args.results_dir, reduced_note=note)
+  run(spec, workdir=args.workdir.absolute(), results_dir=args.results_dir, reduced_note=note,
+      report_only=args.report_only)
 
 
 if __name__ == "__main__":
