@@ -22,9 +22,8 @@ _CASES = [
     (["--algorithm", "ppg"], "algorithm: unknown name 'ppg'; known: "),
     (["--config", "/nonexistent/config.py"], "config: file '/nonexistent/config.py' does not exist"),
     (["--set", "batch.rows_per_micro_batch=12"], "batch.rows_per_micro_batch=12"),
-    (["--set", "data.max_response_length=200", "--set", "sampling.response_buckets=(256,)"],
-     "data.max_response_length: prompt (64) + response (200) = 264 tokens exceed the model's "
-     "max_position_embeddings=256"),
+    (["--set", "data.max_response_length=100000", "--set", "sampling.response_buckets=(100000,)"],
+     "+ response (100000) = "),
 ]
 
 

@@ -9,12 +9,21 @@ from hpt_jax.training import config as c
 from hpt_jax.training.overrides import ConfigError, load_config_file
 from hpt_jax.upge import algorithms
 
+import test_train_loop_fixtures as fx
+
 _CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "experiments" / "configs").glob("*.py"))
 
 
 @pytest.fixture
-def tiny():
+def shipped_tiny():
   return load_config_file(pathlib.Path(__file__).parents[1] / "experiments/configs/builtin_tiny.py")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+  """A fixed config (prompt 32 + response 16 tokens, 64 positions, 4-row micro-batches, 8-row updates,
+  4 prompts x 4 rollouts, 1 device), independent of how the shipped configs are tuned."""
+  return fx.tiny_config(tmp_path)
 
 
 @pytest.mark.parametrize("path", _CONFIGS, ids=[p.stem for p in _CONFIGS])
@@ -24,11 +33,11 @@ def test_every_shipped_config_parses(path):
   assert cfg.total_steps >= 1
 
 
-def test_builtin_tiny_validates_on_8_devices(tiny):
-  model = c.validate(tiny, num_devices=8)
+def test_builtin_tiny_validates_on_8_devices(shipped_tiny):
+  model = c.validate(shipped_tiny, num_devices=8)
   assert model.vocab_size == 512
-  assert tiny.phases[0].rows is c.RowSource.GATE
-  assert isinstance(tiny.phases[0].loss.algorithm, algorithms.HptRl) and tiny.phases[0].loss.sft
+  assert shipped_tiny.phases[0].rows is c.RowSource.GATE
+  assert isinstance(shipped_tiny.phases[0].loss.algorithm, algorithms.HptRl) and shipped_tiny.phases[0].loss.sft
 
 
 def test_algorithm_flag_and_overrides(tiny):
@@ -53,18 +62,17 @@ def test_two_phase_config_steps_map_to_phases(tiny):
 
 
 @pytest.mark.parametrize("overrides, field", [
-    (("batch.rows_per_micro_batch=12",), "batch.rows_per_micro_batch"),
+    (("mesh.data=8", "batch.rows_per_micro_batch=12"), "batch.rows_per_micro_batch"),
     (("mesh.data=2", "batch.prompts_per_step=3", "sampling.rollouts_per_prompt=1"), "batch.prompts_per_step"),
-    (("batch.rows_per_optimizer_step=48",), "batch.rows_per_optimizer_step"),
-    (("sampling.response_buckets=(512,)", "data.max_response_length=512"), "data.max_response_length"),
-    (("data.max_response_length=128",), "sampling.response_buckets"),
+    (("batch.rows_per_optimizer_step=6",), "batch.rows_per_optimizer_step"),
+    (("sampling.response_buckets=(64,)", "data.max_response_length=64"), "data.max_response_length"),
+    (("data.max_response_length=32",), "sampling.response_buckets"),
     (("data.train_file=/nonexistent/train.parquet",), "data.train_file"),
     (("model.hf_dir=/nonexistent/model",), "model.hf_dir"),
     (("model.tokenizer_dir=/nonexistent/tok",), "model.tokenizer_dir"),
     (("validation.file=/nonexistent/math500.jsonl",), "validation.file"),
     (("mesh.tensor=16",), "mesh"),
-    (("mesh.data=8", "batch.rows_per_micro_batch=4", "batch.rows_per_optimizer_step=64"),
-     "batch.rows_per_micro_batch"),
+    (("mesh.data=8",), "batch.rows_per_micro_batch"),
     (("phases.0.loss.official_ranks=3",), "phases.0.loss.official_ranks"),
     (("sampling.temperature=0.6",), "phases.0.loss.temperature"),
     (("gate.gamma_fraction=0.25",), "gate"),
@@ -96,10 +104,10 @@ def test_every_runnable_baseline_builds_and_validates(tiny, name):
 def test_max_positions_from_hf_dir_and_rope_override(tiny, tmp_path):
   import json
   hf = tiny.model.config.to_hf_config()
-  hf["max_position_embeddings"] = 128
+  hf["max_position_embeddings"] = 40  # < 32 + 16
   (tmp_path / "config.json").write_text(json.dumps(hf))
   cfg = c.build_config(tiny, overrides=(f"model.hf_dir={tmp_path}",))
-  with pytest.raises(ConfigError, match="max_position_embeddings=128"):
+  with pytest.raises(ConfigError, match="max_position_embeddings=40"):
     c.validate(cfg, num_devices=8)
   cfg = c.build_config(cfg, overrides=("model.max_position_embeddings=4096", "model.rope_theta=40000"))
   model = c.validate(cfg, num_devices=8)
