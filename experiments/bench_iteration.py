@@ -1,0 +1,415 @@
+"""One full post-training iteration, end to end: ours (the training loop's own step) vs trl's GRPOTrainer.
+
+Workload (the issue's): the tiny Qwen2 (vocab 512, hidden 256, 4 layers, 8 heads, 2 KV heads, fp32),
+16 prompts x 8 rollouts, prompts of the built-in arithmetic task (left-padded to 32 tokens), 64 new
+tokens at temperature 1, rewards from the project's reward pool (2 worker processes, math verifier),
+one optimizer step over the 128 rows in 4 micro-batches of 32 rows. Both sides start from the SAME
+weights: one random `transformers` Qwen2 saved with `save_pretrained`, loaded by our `hf_io` and by
+torch. trl runs on torch CPU, no vLLM, beta 0 (no reference model), loss_type "grpo", the same reward
+function wrapped as a trl reward function, num_iterations 1 (so, like ours, it computes no separate
+old log-probs: π_old = stop_gradient(π_θ)).
+
+Our iteration is `hpt_jax.training.loop._Run.one_step`, the very function `loop.train` calls per step:
+data → sampler (jitted prefill + while-loop decode) → reward pool → gate / routing → Â → pack → jitted
+train step. Two rows are measured:
+  * `grpo`: RowSource.ROLLOUTS + the GRPO loss: exactly trl's workload (128 RL rows per update).
+  * `hpt`: HPT's gate + the official HPT loss. At random init no question is solved, so the gate sends
+    every question to its demonstration (16 SFT rows): a lighter update, reported for completeness.
+Old log-probs cost nothing on our side: the first mini-batch is on-policy and later ones reuse the
+log-probs the sampler recorded (no extra forward pass), so that share is 0 by construction.
+
+Each measurement runs in its own subprocess, so its peak RSS (`ru_maxrss`) is its own. The first
+iteration (compilation on our side, lazy initialisation on trl's) is reported apart; the warm figure is
+the median of the following iterations. We count XLA compilations (the `jax.monitoring` backend-compile
+event) during the warm iterations: it must be 0. Scaling: our warm iteration time for 64/128/256/512
+new tokens (8 rollouts) and for 4/8/16 rollouts (64 tokens), with the tokens actually generated.
+
+  python experiments/bench_iteration.py                  # the issue's benchmark (~10-20 min on 2 cores)
+  python experiments/bench_iteration.py --no-scaling     # only the ours-vs-trl comparison
+  python experiments/bench_iteration.py --smoke          # a minuscule version for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+_PREFIX = "BENCH_RESULT "
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Workload:
+  """One measured configuration (JSON-serialisable: it travels to the worker subprocess)."""
+  prompts: int = 16
+  rollouts: int = 8
+  prompt_len: int = 32
+  new_tokens: int = 64
+  micro_rows: int = 32
+  iters: int = 4  # the first (compile) one included
+  algorithm: str = "grpo"  # "grpo" (trl's workload) or "hpt" (the gate + HPT's loss)
+
+  @property
+  def rows(self) -> int:
+    return self.prompts * self.rollouts
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSize:
+  hidden: int = 256
+  intermediate: int = 704
+  layers: int = 4
+  heads: int = 8
+  kv_heads: int = 2
+
+
+SMOKE_MODEL = ModelSize(hidden=64, intermediate=128, layers=1, heads=2, kv_heads=1)
+_VOCAB = 512
+_PROBLEMS = 256
+_HELD_OUT = 4  # = validation.num_problems, so the loop reuses the prepared task files
+
+
+# ------------------------------------------------------------------------------------------- shared set-up
+
+def prepare(root: pathlib.Path, size: ModelSize) -> dict[str, str]:
+  """The built-in task's files and one random HF Qwen2 (with the task's tokenizer) both sides load."""
+  import torch
+  import transformers
+
+  from hpt_jax import data as data_lib
+
+  task = data_lib.materialize_builtin_task(root / "builtin_task", data_lib.BuiltinTaskConfig(
+      levels=(1,), train_per_level=_PROBLEMS, eval_per_level=_HELD_OUT, vocab_size=_VOCAB))
+  tok = transformers.AutoTokenizer.from_pretrained(str(task.tokenizer_dir))
+  eos = int(tok.eos_token_id)
+  pad = int(tok.pad_token_id) if tok.pad_token_id is not None else eos
+  hf_config = transformers.Qwen2Config(
+      vocab_size=_VOCAB, hidden_size=size.hidden, intermediate_size=size.intermediate,
+      num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
+      max_position_embeddings=1024, tie_word_embeddings=True, rms_norm_eps=1e-6, rope_theta=10000.0,
+      eos_token_id=eos, pad_token_id=pad, bos_token_id=None)
+  torch.manual_seed(0)
+  model = transformers.Qwen2ForCausalLM(hf_config).float()
+  hf_dir = root / "hf_init"
+  model.save_pretrained(hf_dir)
+  tok.save_pretrained(hf_dir)
+  return {"hf_dir": str(hf_dir), "builtin_dir": str(root / "builtin_task")}
+
+
+def _peak_rss_mib() -> float:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _cpu_seconds() -> float:
+  """User + system CPU time of this process (all threads): the work done, whatever the machine's load."""
+  import resource
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def _emit(result: dict) -> None:
+  print(_PREFIX + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ ours
+
+class CompileCounter:
+  """Counts XLA backend compilations (one event per compiled program, cache hits included)."""
+
+  def __init__(self):
+    import jax
+    self.names: list[str] = []
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event: str, duration: float, **kwargs) -> None:
+    del duration
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.names.append(str(kwargs.get("fun_name", "?")))
+
+
+def our_config(w: Workload, paths: dict[str, str]):
+  from hpt_jax.training import config as c
+
+  loss, rows = c.baseline(w.algorithm, width=w.new_tokens)
+  return c.TrainConfig(
+      model=c.ModelSource(hf_dir=pathlib.Path(paths["hf_dir"])),
+      data=c.DataConfig(builtin_problems=_PROBLEMS, builtin_levels=(1,),
+                        builtin_dir=pathlib.Path(paths["builtin_dir"]), max_prompt_length=w.prompt_len,
+                        max_response_length=w.new_tokens, reward_workers=2),
+      sampling=c.SamplingConfig(rollouts_per_prompt=w.rollouts, prompt_buckets=(w.prompt_len,),
+                                response_buckets=(w.new_tokens,)),
+      gate=c.GateConfig(gamma_count=0),
+      batch=c.BatchConfig(prompts_per_step=w.prompts, rows_per_optimizer_step=w.rows,
+                          rows_per_micro_batch=min(w.micro_rows, w.rows)),
+      optim=c.OptimConfig(learning_rate=1e-6, weight_decay=0.0, skip_above_norm=None),
+      phases=(c.Phase(loss=loss, rows=rows, steps=w.iters),),
+      validation=c.ValidationConfig(every_steps=0, num_problems=_HELD_OUT),
+      checkpoint=c.CheckpointConfig(every_steps=10**6, export_hf=False),
+      logging=c.LoggingConfig(jsonl=False, tensorboard=False, progress_bar=False),
+  )
+
+
+def run_ours(w: Workload, paths: dict[str, str]) -> dict:
+  import jax
+
+  from hpt_jax.training import loop
+
+  counter = CompileCounter()
+  workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench_ours_"))
+  run = loop._Run(our_config(w, paths), workdir, None)  # the loop's own objects, built once
+  stages = {"built": _peak_rss_mib()}
+  try:
+    state = run.initial_state()
+    jax.block_until_ready(state.params)
+    stages["state"] = _peak_rss_mib()
+    iters = []
+    compiles_after_first = []
+    for step in range(w.iters):
+      before = len(counter.names)
+      t, cpu = time.perf_counter(), _cpu_seconds()
+      state, m = run.one_step(state, step)
+      jax.block_until_ready(state.params)
+      total = time.perf_counter() - t
+      iters.append({
+          "seconds": total, "cpu_seconds": _cpu_seconds() - cpu, "sampling": m["perf/sampling_seconds"], "reward": m["perf/reward_seconds"],
+          "update": m["perf/training_seconds"],
+          "host": total - m["perf/sampling_seconds"] - m["perf/reward_seconds"] - m["perf/training_seconds"],
+          "generated_tokens": m["response/length_mean"] * w.rows,
+          "rows": m["gate/rl_rows"] + m["gate/sft_rows"], "loss": m["train/loss"]})
+      if step > 0:
+        compiles_after_first += counter.names[before:]
+      stages[f"iter{step}"] = _peak_rss_mib()
+  finally:
+    run.data.close()
+    run.writer.close()
+    run.checkpointer.close()
+  warm = iters[1:]
+  med = lambda k: statistics.median(x[k] for x in warm)
+  return {
+      "side": "ours", "algorithm": w.algorithm, "workload": dataclasses.asdict(w),
+      "device": f"{jax.devices()[0].platform} x{jax.device_count()}",
+      "first_seconds": iters[0]["seconds"], "warm_seconds": med("seconds"),
+      "warm_all": [x["seconds"] for x in warm], "warm_cpu_seconds": med("cpu_seconds"),
+      "split": {k: med(k) for k in ("sampling", "reward", "update", "host")} | {"old_logprobs": 0.0},
+      "generated_tokens": med("generated_tokens"), "train_rows": med("rows"),
+      "compiles_first": len(counter.names) - len(compiles_after_first),
+      "compiles_after_first": len(compiles_after_first), "recompiled": sorted(set(compiles_after_first)),
+      "peak_rss_mib": _peak_rss_mib(), "peak_rss_by_stage": stages,
+  }
+
+
+# ------------------------------------------------------------------------------------------------- trl
+
+def run_trl(w: Workload, paths: dict[str, str]) -> dict:
+  import datasets
+  import torch
+  import transformers
+  import trl
+
+  from hpt_jax.data import tokenize_examples, load_openr1
+  from hpt_jax.data import PromptTemplate
+  from hpt_jax.rewards.pool import RewardPool
+  from hpt_jax.training.data_source import pool_scorer
+
+  tok = transformers.AutoTokenizer.from_pretrained(paths["hf_dir"])
+  examples, _ = load_openr1(pathlib.Path(paths["builtin_dir"]) / "train.parquet")
+  ds = tokenize_examples(examples, tok, template=PromptTemplate.CHAT, max_prompt_length=w.prompt_len,
+                         max_response_length=w.new_tokens)
+  texts = [tok.decode(list(ds.prompt_tokens[i]), skip_special_tokens=False) for i in range(len(ds))]
+  # trl tokenises the prompt text itself; check that it gets exactly our prompt tokens.
+  mismatched = sum(list(tok(t)["input_ids"]) != list(ds.prompt_tokens[i]) for i, t in enumerate(texts))
+  truths = [json.dumps(ds.ground_truths[i]) for i in range(len(ds))]
+  train = datasets.Dataset.from_dict({"prompt": texts, "ground_truth": truths})
+
+  pool = RewardPool(num_workers=2, timeout_s=5.0)
+  pool.start()
+  score = pool_scorer(pool)
+
+  spent = {"generate": [], "reward": []}
+
+  def reward(completions, ground_truth, **kwargs):
+    del kwargs
+    t = time.perf_counter()
+    scores, _ = score(list(completions), [json.loads(g) for g in ground_truth])
+    spent["reward"].append(time.perf_counter() - t)
+    return [float(s) for s in scores]
+
+  marks: dict[str, list[float]] = {"end": []}
+  lengths: list[float] = []
+
+  class Clock(transformers.TrainerCallback):
+    def on_train_begin(self, args, state, control, **kwargs):
+      marks["begin"] = [time.perf_counter()]
+      marks["cpu"] = [_cpu_seconds()]
+
+    def on_step_end(self, args, state, control, **kwargs):
+      marks["end"].append(time.perf_counter())
+      marks["cpu"].append(_cpu_seconds())
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+      if logs and "completions/mean_length" in logs:
+        lengths.append(float(logs["completions/mean_length"]))
+
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_pretrained(paths["hf_dir"], dtype=torch.float32)
+  generate = model.generate
+
+  def timed_generate(*a, **kw):  # trl calls the (unwrapped, CPU) model's generate once per iteration
+    t = time.perf_counter()
+    out = generate(*a, **kw)
+    spent["generate"].append(time.perf_counter() - t)
+    return out
+
+  model.generate = timed_generate
+  steps_per_update = max(1, w.rows // w.micro_rows)
+  args = trl.GRPOConfig(
+      output_dir=tempfile.mkdtemp(prefix="bench_trl_"), use_cpu=True, bf16=False, fp16=False,
+      per_device_train_batch_size=min(w.micro_rows, w.rows), gradient_accumulation_steps=steps_per_update,
+      num_generations=w.rollouts, max_completion_length=w.new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+      beta=0.0, num_iterations=1, loss_type="grpo", learning_rate=1e-6, weight_decay=0.0,
+      max_steps=w.iters, logging_steps=1, report_to="none", save_strategy="no", seed=0,
+      disable_tqdm=True, dataloader_num_workers=0, use_vllm=False)
+  trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=train,
+                            processing_class=tok, callbacks=[Clock()])
+  try:
+    trainer.train()
+  finally:
+    pool.close()
+  ends = marks["begin"] + marks["end"]
+  per_iter = [b - a for a, b in zip(ends[:-1], ends[1:])]
+  per_iter_cpu = [b - a for a, b in zip(marks["cpu"][:-1], marks["cpu"][1:])]
+  return {
+      "side": "trl", "algorithm": "grpo", "workload": dataclasses.asdict(w),
+      "device": f"torch cpu, {torch.get_num_threads()} threads", "trl_version": trl.__version__,
+      "first_seconds": per_iter[0], "warm_seconds": statistics.median(per_iter[1:]), "warm_all": per_iter[1:],
+      "warm_cpu_seconds": statistics.median(per_iter_cpu[1:]),
+      "generated_tokens": statistics.median(lengths[1:] or lengths) * w.rows if lengths else float("nan"),
+      "split": {"sampling": statistics.median(spent["generate"][1:]),
+                "reward": statistics.median(spent["reward"][1:]),
+                "update_and_rest": statistics.median(
+                    t - g - r for t, g, r in zip(per_iter[1:], spent["generate"][1:], spent["reward"][1:]))},
+      "prompt_token_mismatches": mismatched, "peak_rss_mib": _peak_rss_mib(),
+  }
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+def _worker_main(side: str, workload: str, paths: str) -> None:
+  w = Workload(**json.loads(workload))
+  p = json.loads(paths)
+  _emit(run_ours(w, p) if side == "ours" else run_trl(w, p))
+
+
+def run_worker(side: str, w: Workload, paths: dict[str, str], *, timeout: float) -> dict:
+  """Runs one measurement in a fresh interpreter (its own peak RSS) and returns its result."""
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--workload",
+         json.dumps(dataclasses.asdict(w)), "--paths", json.dumps(paths)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_PREFIX)]
+  if proc.returncode != 0 or not lines:
+    raise RuntimeError(f"{side} worker failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+  return json.loads(lines[-1][len(_PREFIX):])
+
+
+def _fmt_split(split: dict) -> str:
+  return ", ".join(f"{k} {v:.2f}s" for k, v in split.items())
+
+
+def report(results: dict) -> None:
+  ours, hpt, theirs = results["ours"], results.get("ours_hpt"), results.get("trl")
+  w = ours["workload"]
+  print(f"workload: {w['prompts']} prompts x {w['rollouts']} rollouts, prompt bucket {w['prompt_len']}, "
+        f"{w['new_tokens']} new tokens, {w['micro_rows']}-row micro-batches; load average "
+        f"{results['load_before']} (before) / {results['load_after']} (after)")
+  print(f"ours ({ours['device']}, grpo rows = trl's workload): warm {ours['warm_seconds']:.2f} s/iter "
+        f"{[round(x, 2) for x in ours['warm_all']]}, first {ours['first_seconds']:.1f} s; "
+        f"{ours['generated_tokens']:.0f} tokens generated; peak RSS {ours['peak_rss_mib']:.0f} MiB")
+  print(f"  split: {_fmt_split(ours['split'])}")
+  print(f"  peak RSS after each stage (MiB): {ours['peak_rss_by_stage']}")
+  print(f"  compilations: {ours['compiles_first']} in the first iteration, {ours['compiles_after_first']} "
+        f"after it {ours['recompiled'] or ''}")
+  if hpt is not None:
+    print(f"ours (hpt gate + HPT loss, {hpt['train_rows']:.0f} rows trained): warm {hpt['warm_seconds']:.2f} "
+          f"s/iter, first {hpt['first_seconds']:.1f} s; split: {_fmt_split(hpt['split'])}; compilations "
+          f"after the first iteration: {hpt['compiles_after_first']}; peak RSS {hpt['peak_rss_mib']:.0f} MiB")
+  if theirs is not None:
+    print(f"trl {theirs['trl_version']} ({theirs['device']}): warm {theirs['warm_seconds']:.2f} s/iter "
+          f"{[round(x, 2) for x in theirs['warm_all']]}, first {theirs['first_seconds']:.1f} s; "
+          f"{theirs['generated_tokens']:.0f} tokens generated; peak RSS {theirs['peak_rss_mib']:.0f} MiB "
+          f"(prompt token mismatches: {theirs['prompt_token_mismatches']})")
+    print(f"  split: {_fmt_split(theirs['split'])}")
+    print(f"speed-up ours/trl: {theirs['warm_seconds'] / ours['warm_seconds']:.2f}x wall-clock, "
+          f"{theirs['warm_cpu_seconds'] / ours['warm_cpu_seconds']:.2f}x in process CPU seconds "
+          f"(ours {ours['warm_cpu_seconds']:.1f}, trl {theirs['warm_cpu_seconds']:.1f} per iteration); "
+          f"peak memory ours/trl: {ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}")
+  for name in ("tokens", "rollouts"):
+    rows = results.get(f"scaling_{name}")
+    if not rows:
+      continue
+    print(f"scaling over {name}:")
+    for r in rows:
+      wl = r["workload"]
+      per_k = r["warm_seconds"] / max(r["generated_tokens"], 1) * 1000
+      print(f"  {wl['rollouts']:3d} rollouts x {wl['new_tokens']:4d} new tokens: {r['warm_seconds']:7.2f} s/iter, "
+            f"{r['generated_tokens']:7.0f} tokens generated, {per_k:6.3f} s per 1k tokens; "
+            f"sampling {r['split']['sampling']:.2f} s, update {r['split']['update']:.2f} s; "
+            f"compilations after the first iteration: {r['compiles_after_first']}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--smoke", action="store_true", help="minuscule model and workload (CI)")
+  parser.add_argument("--iters", type=int, default=4, help="iterations per measurement (first = compile)")
+  parser.add_argument("--no-trl", action="store_true")
+  parser.add_argument("--no-hpt", action="store_true", help="skip the HPT-gate row")
+  parser.add_argument("--no-scaling", action="store_true")
+  parser.add_argument("--json", type=pathlib.Path, help="also write all results here")
+  parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
+  parser.add_argument("--workload", help=argparse.SUPPRESS)
+  parser.add_argument("--paths", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    _worker_main(args.worker, args.workload, args.paths)
+    return
+
+  if args.smoke:
+    base = Workload(prompts=2, rollouts=2, new_tokens=8, micro_rows=2, iters=2)
+    size, timeout = SMOKE_MODEL, 600
+    token_sweep, rollout_sweep = (8, 16), ()
+    args.no_hpt = True  # the gate path is covered by the loop's tests; keep CI short
+  else:
+    base = Workload(iters=args.iters)
+    size, timeout = ModelSize(), 1800
+    token_sweep, rollout_sweep = (64, 128, 256, 512), (4, 8, 16)
+  root = pathlib.Path(tempfile.mkdtemp(prefix="bench_iteration_"))
+  paths = prepare(root, size)
+  results = {"load_before": round(os.getloadavg()[0], 1)}
+  results["ours"] = run_worker("ours", base, paths, timeout=timeout)
+  if not args.no_hpt:
+    results["ours_hpt"] = run_worker("ours", dataclasses.replace(base, algorithm="hpt"), paths, timeout=timeout)
+  if not args.no_trl:
+    results["trl"] = run_worker("trl", base, paths, timeout=timeout)
+  if not args.no_scaling:
+    short = dataclasses.replace(base, iters=min(base.iters, 3))
+    results["scaling_tokens"] = [
+        results["ours"] if t == base.new_tokens and short.iters == base.iters else
+        run_worker("ours", dataclasses.replace(short, new_tokens=t), paths, timeout=timeout)
+        for t in token_sweep]
+    results["scaling_rollouts"] = [
+        run_worker("ours", dataclasses.replace(short, rollouts=n), paths, timeout=timeout) for n in rollout_sweep]
+  results["load_after"] = round(os.getloadavg()[0], 1)
+  report(results)
+  if args.json:
+    args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+  main()
