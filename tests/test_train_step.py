@@ -136,8 +136,9 @@ def _mixed_rows():
 
 
 def test_mixed_batch_official_mode(params):
-  """RL Σ/T + SFT token-mean over the micro-batch's demo tokens − c·token-mean entropy, per micro-batch,
-  micro-batch losses summed; here 2 micro-batches, and the second one holds no demonstration."""
+  """RL Σ/T + SFT token-mean over the block's demo tokens − c·token-mean entropy, per micro-batch and per
+  virtual rank (official_ranks=2: each micro-batch of 8 rows is two ranks' blocks of 4, averaged), then
+  micro-batch losses summed; the second micro-batch holds no demonstration (its SFT term is skipped)."""
   rows = _mixed_rows()
   order = np.argsort(~rows.is_demo, kind="stable")  # demos first: micro-batch 0 has them all
   rows = batching.Rows(prompts=[rows.prompts[i] for i in order], responses=[rows.responses[i] for i in order],
@@ -149,28 +150,29 @@ def test_mixed_batch_official_mode(params):
   batch = batching.pack(rows, config=pack)
   assert batch.tokens.shape[0] == 2 and not batch.is_demo[1].any()
   coef = 0.001
-  step = TrainStep(CFG, loss=LossConfig(algorithm=upge.HptRl(width=T_CONST), entropy_coeff=coef, logprob_chunk=24),
+  step = TrainStep(CFG, loss=LossConfig(algorithm=upge.HptRl(width=T_CONST), entropy_coeff=coef, logprob_chunk=24,
+                                        official_ranks=2),
                    optimizer=optim_lib.make_optimizer(optim_lib.OptimConfig()))
   loss, grads, metrics = step.loss_and_grads(params, batch)
 
   adv = np.zeros(_flat(batch, "rewards").shape)
   adv[:rows.num_rows] = _dr_grpo_advantages(rows)
-  mask = _flat(batch, "response_mask").reshape(2, 8, -1)
-  demo = _flat(batch, "is_demo").reshape(2, 8)
-  adv = adv.reshape(2, 8)
+  mask = _flat(batch, "response_mask").reshape(4, 4, -1)  # [micro-batch × rank, rows, L]
+  demo = _flat(batch, "is_demo").reshape(4, 4)
+  adv = adv.reshape(4, 4)
 
   def reference(p):
     logp, ent = _ref_logp_entropy(p, batch)
-    logp, ent = logp.reshape(2, 8, -1), ent.reshape(2, 8, -1)
+    logp, ent = logp.reshape(4, 4, -1), ent.reshape(4, 4, -1)
     total = 0.0
-    for m in range(2):
-      on = mask[m] & ~demo[m][:, None]
-      off = mask[m] & demo[m][:, None]
-      ratio = jnp.exp(logp[m] - jax.lax.stop_gradient(logp[m]))
-      rl = jnp.sum(jnp.where(on, -adv[m][:, None] * ratio, 0.0)) / T_CONST
-      sft = -jnp.sum(jnp.where(off, logp[m], 0.0)) / off.sum() if off.any() else 0.0  # skipped if empty
-      bonus = jnp.sum(jnp.where(mask[m], ent[m], 0.0)) / mask[m].sum()
-      total = total + rl + sft - coef * bonus
+    for blk in range(4):
+      on = mask[blk] & ~demo[blk][:, None]
+      off = mask[blk] & demo[blk][:, None]
+      ratio = jnp.exp(logp[blk] - jax.lax.stop_gradient(logp[blk]))
+      rl = jnp.sum(jnp.where(on, -adv[blk][:, None] * ratio, 0.0)) / T_CONST
+      sft = -jnp.sum(jnp.where(off, logp[blk], 0.0)) / off.sum() if off.any() else 0.0  # skipped if empty
+      bonus = jnp.sum(jnp.where(mask[blk], ent[blk], 0.0)) / mask[blk].sum() if mask[blk].any() else 0.0
+      total = total + (rl + sft - coef * bonus) / 2  # mean over the 2 ranks of a micro-batch
     return total
 
   ref_loss, ref_grads = jax.value_and_grad(reference)(params)
