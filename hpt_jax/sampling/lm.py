@@ -47,6 +47,16 @@ class CausalLMDecoder:
     specs = model_sharding.cache_shardings(cache, mesh)
     return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, s.spec), cache, specs)
 
+  def repeat_cache(self, cache: KVCache, n: int) -> KVCache:
+    """Every row of the cache repeated n times (adjacent): one prefill serves n samples."""
+    rows = lambda x, axis: jax.numpy.repeat(x, n, axis=axis)
+    out = cache.replace(k=rows(cache.k, 1), v=rows(cache.v, 1), key_mask=rows(cache.key_mask, 0))
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+      return out
+    specs = model_sharding.cache_shardings(out, mesh)
+    return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, s.spec), out, specs)
+
   def __call__(self, params: nnx.State, tokens: Array, *, positions: Array, attention_mask: Array,
                cache: KVCache) -> tuple[Array, KVCache]:
     """tokens/positions/attention_mask: [B, T'] -> ([B, V] float32 last-position logits, cache)."""

@@ -40,6 +40,13 @@ class DecodeModel(Protocol):
     position, the cache advanced by T')."""
     ...
 
+  # Optional: `repeat_cache(cache, n) -> cache` with every row repeated n times (adjacent). A model
+  # that has it gets each prompt prefilled once for its n samples; one without it prefills n copies.
+
+
+def _repeat_cache_fn(model: DecodeModel):
+  return getattr(model, "repeat_cache", None)
+
 
 class FinishReason(enum.IntEnum):
   """Why a row stopped (stored as int32 in `SampleOutput.finish_reason`)."""
@@ -152,6 +159,7 @@ def generate(
     pad_id: int,
     max_new_tokens: Array,
     response_len: int,
+    num_samples: int = 1,
 ) -> tuple[Array, Array, Array, Array, Array, Array]:
   """Samples up to `max_new_tokens` tokens for each row of a left-padded prompt batch.
 
@@ -160,17 +168,24 @@ def generate(
   feeds the previous token at slot P + t - 1 and samples token t, until every row has emitted an EOS id
   or `max_new_tokens` tokens. Finished rows keep being computed (static batch) but write pad_id / 0.
 
+  With `num_samples` n > 1 each prompt row stands for n adjacent output rows: it is prefilled ONCE and
+  its cache and last logits are repeated n times (when the model has `repeat_cache`; otherwise the
+  prompts are repeated before the prefill). The n copies of a prompt's prefill are identical, so this
+  only removes (n - 1) / n of the prefill work.
+
   Args:
     model: the cached forward (static).
     params: the model's parameter pytree, used as is (no copy; may be sharded).
-    prompt_tokens: [B, P] int32, left-padded.
-    prompt_mask: [B, P] bool, True = real token; every row needs at least one.
-    keys: [B] per-row PRNG keys (see `row_keys`); token t of a row uses fold_in(key, t).
+    prompt_tokens: [Bp, P] int32, left-padded.
+    prompt_mask: [Bp, P] bool, True = real token; every row needs at least one.
+    keys: [B] per-row PRNG keys, B = Bp * num_samples (see `row_keys`); token t of a row uses
+      fold_in(key, t).
     strategy: a `Strategy` (static).
     eos_ids: [E] int32, any of which ends a row.
     pad_id: filler for finished rows (static).
     max_new_tokens: [] int32 in [1, response_len] (traced: changing it does not recompile).
     response_len: T, the response bucket (static).
+    num_samples: n output rows per prompt row (static).
 
   Returns:
     tokens [B, T] int32, mask [B, T] int32, logprobs [B, T] f32, sampling_logprobs [B, T] f32,
@@ -179,14 +194,25 @@ def generate(
   chex.assert_rank([prompt_tokens, prompt_mask], 2)
   chex.assert_equal_shape([prompt_tokens, prompt_mask])
   chex.assert_rank(eos_ids, 1)
-  batch, prompt_len = prompt_tokens.shape
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  chex.assert_axis_dimension(keys, 0, prompt_tokens.shape[0] * num_samples)
   max_new_tokens = jnp.clip(jnp.asarray(max_new_tokens, jnp.int32), 1, response_len)
   prompt_mask = prompt_mask.astype(jnp.bool_)
+  repeat_cache = _repeat_cache_fn(model) if num_samples > 1 else None
+  if num_samples > 1 and repeat_cache is None:
+    prompt_tokens, prompt_mask = (jnp.repeat(x, num_samples, axis=0) for x in (prompt_tokens, prompt_mask))
+  prefill_rows, prompt_len = prompt_tokens.shape
 
-  cache = model.init_cache(batch=batch, length=prompt_len + response_len)
+  cache = model.init_cache(batch=prefill_rows, length=prompt_len + response_len)
   logits, cache = model(
       params, prompt_tokens, positions=left_pad_positions(prompt_mask), attention_mask=prompt_mask,
       cache=cache)
+  if repeat_cache is not None:
+    logits = jnp.repeat(logits, num_samples, axis=0)
+    cache = repeat_cache(cache, num_samples)
+    prompt_mask = jnp.repeat(prompt_mask, num_samples, axis=0)
+  batch = prompt_mask.shape[0]
   zeros_f = jnp.zeros((batch, response_len), jnp.float32)
   state = _LoopState(
       step=jnp.array(0, jnp.int32),
@@ -278,13 +304,14 @@ def sample(
   """
   chex.assert_rank(prompt_ids, 1)
   chex.assert_axis_dimension(prompt_ids, 0, prompt_tokens.shape[0])
+  prompt_mask = prompt_mask.astype(jnp.bool_)
   tokens, mask, prompt_ids, sample_ids = repeat_prompts(
-      prompt_tokens, prompt_mask.astype(jnp.bool_), prompt_ids.astype(jnp.int32),
-      num_samples=num_samples)
+      prompt_tokens, prompt_mask, prompt_ids.astype(jnp.int32), num_samples=num_samples)
   keys = row_keys(seed, prompt_ids, sample_ids)
+  # The un-repeated prompts go in: `generate` prefills each once and repeats its cache.
   resp, resp_mask, logp, sampling_logp, finish, num_steps = generate(
-      model, params, tokens, mask, keys, strategy=strategy, eos_ids=eos_ids, pad_id=pad_id,
-      max_new_tokens=max_new_tokens, response_len=response_len)
+      model, params, prompt_tokens, prompt_mask, keys, strategy=strategy, eos_ids=eos_ids, pad_id=pad_id,
+      max_new_tokens=max_new_tokens, response_len=response_len, num_samples=num_samples)
   return SampleOutput(
       prompt_tokens=tokens, prompt_mask=mask, tokens=resp, mask=resp_mask, logprobs=logp,
       sampling_logprobs=sampling_logp, finish_reason=finish, lengths=resp_mask.sum(-1),
