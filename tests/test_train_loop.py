@@ -95,3 +95,19 @@ def test_resume_reproduces_the_uninterrupted_run(straight_run, builtin_dir, tmp_
   assert len(leaves_a) == len(leaves_b) > 0
   for a, b in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_sft_then_grpo_runs_as_two_phases_of_one_loop(builtin_dir, tmp_path):
+  import dataclasses
+  sft, grpo = c.baseline("sft", width=16), c.baseline("grpo", width=16)
+  config = dataclasses.replace(fx.tiny_config(builtin_dir), phases=(
+      c.Phase(loss=sft[0], rows=sft[1], steps=1), c.Phase(loss=grpo[0], rows=grpo[1], steps=1)))
+  summary = loop.train(config, workdir=tmp_path)
+  assert summary.steps == 2
+  first, second = read_jsonl(tmp_path / "metrics.jsonl")
+  # Phase 0 (SFT): demonstrations only, nothing sampled. Phase 1 (GRPO): 4 x 4 rollouts, no demos.
+  assert (first["train/phase"], first["gate/sft_rows"], first["gate/rl_rows"]) == (0.0, 4.0, 0.0)
+  assert "reward/accuracy" not in first
+  assert (second["train/phase"], second["gate/sft_rows"], second["gate/rl_rows"]) == (1.0, 0.0, 16.0)
+  assert second["train/optimizer_steps"] == 2.0 and np.isfinite(second["train/loss"])
