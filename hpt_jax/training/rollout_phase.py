@@ -124,7 +124,7 @@ def collect(*, params: Any, questions: Sequence[Question], source: RowSource,
                                        correct=correct.sum(axis=1), num_rollouts=num_samples)
   else:
     decision = _fixed_decision(source, q, 0.0)
-  # Zero-length responses cannot be rows (nothing to score); they only occur with max_new_tokens=0.
+  # Valid tokens only (up to and including EOS); the sampler always emits at least one.
   responses = [[tokens[i, s, :lengths[i, s]] for s in range(num_samples)] for i in range(q)]
   old_logp = [[logp[i, s, :lengths[i, s]] for s in range(num_samples)] for i in range(q)]
   rows = hybrid.route(decision, prompts=prompts, rollouts=responses, rollout_rewards=list(scores),
