@@ -165,6 +165,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--rows-per-micro-batch", type=int, default=32,
                       help="our step accumulates gradients over micro-batches of this many rows")
+  parser.add_argument("--logprob-chunk", type=int, default=1024,
+                      help="positions per log-prob chunk (recomputed in the backward pass); 0 = full logits")
   args = parser.parse_args()
   smoke = args.smoke
   repeats = 2 if smoke else args.repeats
@@ -184,7 +186,7 @@ def main():
 
   optimizer = optim_lib.make_optimizer(optim_lib.OptimConfig())
   loss = LossConfig(algorithm=upge.HptRl(width=response_len), rl_width=response_len,
-                    entropy_coeff=ENTROPY_COEFF, logprob_chunk=1024)
+                    entropy_coeff=ENTROPY_COEFF, logprob_chunk=args.logprob_chunk or None)
   step = TrainStep(config, loss=loss, optimizer=optimizer)
   state = state_lib.create_train_state(config, optimizer, seed=0, params=params)
   device_batch = step.place_batch(batch)
@@ -223,7 +225,8 @@ def main():
   flops = step_flops(config, rows=rows.num_rows, seq=seq)
   print(f"device: {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}; "
         f"{rows.num_rows} sequences x {seq} tokens ({int(rows.is_demo.sum())} demonstration rows); ours in "
-        f"{batch.tokens.shape[0]} micro-batches of {bm} rows, both sides")
+        f"{batch.tokens.shape[0]} micro-batches of {bm} rows, both sides; log-prob chunk "
+        f"{args.logprob_chunk or 'none (full logits)'}")
   print(f"first-step loss: ours {first_loss_jax:.6f}  torch {first_loss_torch:.6f}  "
         f"(|diff| {abs(first_loss_jax - first_loss_torch):.2e})")
   print(f"matmul peak (f32, 2048^2): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step {flops / 1e9:.2f} GFLOP")
