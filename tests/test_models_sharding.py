@@ -83,9 +83,9 @@ def test_cache_shardings_cover_every_field():
   cache = init_cache(config, batch=8, length=16)
   placed = jax.device_put(cache, sharding.cache_shardings(cache, mesh))
   # data has size 1 on this mesh, so only fsdp appears in the batch entry.
-  assert placed.k.sharding.spec == P(None, "fsdp", None, "tensor", None)
+  assert placed.k[1].sharding.spec == P("fsdp", "tensor", None, None)
   assert placed.key_mask.sharding.spec == P("fsdp", None)
-  assert placed.k.addressable_shards[0].data.shape == (2, 2, 16, 1, 32)
+  assert placed.k[1].addressable_shards[0].data.shape == (2, 1, 16, 32)
 
 
 # Slow only because XLA:CPU compiles the threefry normal draws of every parameter (~15 s here).

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hpt_jax.models import rope
-from hpt_jax.models.attention import attend
+from hpt_jax.models.attention import attend, attend_cached
 from hpt_jax.models.cache import KVCache
 from hpt_jax.models.config import ModelConfig, RematPolicy
 from hpt_jax.models.sharding import constrain
@@ -108,9 +108,9 @@ class Attention(nnx.Module):
     Args:
       x: [B, T, D] normed input.
       cos, sin: [B, T, H] rotation of the T new tokens.
-      mask: [B, T, S] bool.
-      cached: None, or (k_layer, v_layer: [B, S, K, H], index: int32 []) this layer's cache; the new
-        keys/values are placed at slots [index, index + T) before attending.
+      mask: [B, T, T] bool, query t may attend new token u (causal and real).
+      cached: None, or (past_k, past_v: [B, K, S, H], past_mask: [B, S] bool) this layer's cache,
+        read only: the new keys/values are returned for the caller to write.
     Returns:
       (out [B, T, D], k_new, v_new [B, T, K, H]).
     """
@@ -119,13 +119,14 @@ class Attention(nnx.Module):
     v = self.v_proj("btd,dkh->btkh", x)
     q = constrain(q, ("act_batch", "act_length", "act_heads", "head_dim"))
     if cached is None:
-      keys, values = k, v
+      out = attend(q, k, v, mask, query_chunk=self.query_chunk)
     else:
-      k_layer, v_layer, index = cached
-      keys = jax.lax.dynamic_update_slice(k_layer, k.astype(k_layer.dtype), (0, index, 0, 0))
-      values = jax.lax.dynamic_update_slice(v_layer, v.astype(v_layer.dtype), (0, index, 0, 0))
-    out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask,
-                 query_chunk=self.query_chunk)
+      past_k, past_v, past_mask = cached
+      # Round the new keys through the cache dtype so this step sees what later steps will read.
+      stored = lambda a: a.astype(past_k.dtype).astype(q.dtype)
+      out = attend_cached(q, stored(k), stored(v), mask, past_k=past_k.astype(q.dtype),
+                          past_v=past_v.astype(q.dtype), past_mask=past_mask,
+                          query_chunk=self.query_chunk)
     return self.o_proj("btnh,nhd->btd", out), k, v
 
 
@@ -171,17 +172,30 @@ class Embedding(nnx.Module):
                             config.param_dtype, init=_normal, rngs=rngs)
 
 
-def _attention_mask(attention_mask: Array, cache: KVCache | None) -> tuple[Array, Array | None]:
-  """Builds the [B, T, S] attention mask (and the cache's updated key_mask)."""
-  b, t = attention_mask.shape
+def _attention_masks(attention_mask: Array, cache: KVCache | None
+                     ) -> tuple[Array, Array | None, Array | None]:
+  """Masks of one forward.
+
+  Args:
+    attention_mask: [B, T] bool, True = real new token.
+    cache: the cache the T tokens are appended to, or None.
+  Returns:
+    (new_mask [B, T, T]: query t sees real new tokens u <= t;
+     past_mask [B, S]: real tokens already in the cache (slots < index), None without a cache;
+     key_mask [B, S]: the cache's key_mask after writing the new tokens, None without a cache).
+  """
+  t = attention_mask.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  new_mask = causal[None] & attention_mask[:, None, :]
   if cache is None:
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    return causal[None] & attention_mask[:, None, :], None
+    return new_mask, None, None
+  past_mask = cache.key_mask & (jnp.arange(cache.length) < cache.index)[None]
+  # Opaque to XLA: for a fresh cache made inside the same jit (index 0) the mask is a constant, and
+  # XLA then constant-folds the masked [B, K, G, T, S] score reductions of the prefill (tens of seconds
+  # of compile time for a sampler batch).
+  past_mask = jax.lax.optimization_barrier(past_mask)
   key_mask = jax.lax.dynamic_update_slice(cache.key_mask, attention_mask, (0, cache.index))
-  slots = jnp.arange(cache.length)
-  query_slots = cache.index + jnp.arange(t)
-  causal = slots[None, :] <= query_slots[:, None]                # [T, S]
-  return causal[None] & key_mask[:, None, :], key_mask
+  return new_mask, past_mask, key_mask
 
 
 class CausalLM(nnx.Module):
@@ -247,36 +261,40 @@ class CausalLM(nnx.Module):
     inv_freq = rope.inverse_frequencies(head_dim=config.head_dim, theta=config.rope_theta,
                                         scaling=config.rope_scaling)
     cos, sin = rope.rope_angles(positions, inv_freq)
-    mask, key_mask = _attention_mask(attention_mask, cache)
+    mask, past_mask, key_mask = _attention_masks(attention_mask, cache)
 
     graphdef, layer_state = nnx.split(self.layers)
-    kv = None if cache is None else (cache.k, cache.v)
-    index = None if cache is None else cache.index
 
-    def body(carry, xs):
-      x, kv = carry
-      layer_index, state = xs
-      layer = nnx.merge(graphdef, state)
-      cached = None
-      if kv is not None:
-        cached = (kv[0][layer_index], kv[1][layer_index], index)
-      x, k_new, v_new = layer(x, cos, sin, mask, cached)
-      if kv is not None:
-        at = (layer_index, 0, index, 0, 0)
-        kv = (jax.lax.dynamic_update_slice(kv[0], k_new[None].astype(kv[0].dtype), at),
-              jax.lax.dynamic_update_slice(kv[1], v_new[None].astype(kv[1].dtype), at))
-      return (x, kv), (x if collect else None)
+    def layer_fn(x, state, cached):
+      return nnx.merge(graphdef, state)(x, cos, sin, mask, cached)
 
-    policy = config.remat.checkpoint_policy
     if config.remat is not RematPolicy.NONE:
-      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-    layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
-    (x, kv), stream = jax.lax.scan(body, (x, kv), (layer_ids, layer_state))
+      layer_fn = jax.checkpoint(layer_fn, policy=config.remat.checkpoint_policy, prevent_cse=False)
 
-    new_cache = None
-    if cache is not None:
-      new_cache = KVCache(k=kv[0], v=kv[1], key_mask=key_mask,
-                          index=cache.index + tokens.shape[1])
+    new_cache, stream = None, None
+    if cache is None:
+      def body(x, state):
+        x, _, _ = layer_fn(x, state, None)
+        return x, (x if collect else None)
+
+      x, stream = jax.lax.scan(body, x, layer_state)
+    else:
+      # Decoding: a Python loop over layers (static layer index) so that each layer reads its own
+      # cache buffer as is and updates it in place; a scan would slice (= copy) a stacked cache.
+      if cache.num_layers != config.num_layers:
+        raise ValueError(f"cache has {cache.num_layers} layers, the model {config.num_layers}")
+      index = cache.index
+      new_k, new_v = [], []
+      for i in range(config.num_layers):
+        state = jax.tree.map(lambda a: a[i], layer_state)
+        past_k, past_v = cache.k[i], cache.v[i]
+        x, k_new, v_new = layer_fn(x, state, (past_k, past_v, past_mask))
+        write = lambda buf, new: jax.lax.dynamic_update_slice(
+            buf, new.swapaxes(1, 2).astype(buf.dtype), (0, 0, index, 0))       # new: [B, T, K, H]
+        new_k.append(write(past_k, k_new))
+        new_v.append(write(past_v, v_new))
+      new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), key_mask=key_mask,
+                          index=index + tokens.shape[1])
     if collect:
       embedded = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(config.dtype)
       stream = jnp.concatenate([embedded[None], stream], axis=0)
