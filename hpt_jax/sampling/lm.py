@@ -49,8 +49,7 @@ class CausalLMDecoder:
 
   def repeat_cache(self, cache: KVCache, n: int) -> KVCache:
     """Every row of the cache repeated n times (adjacent): one prefill serves n samples."""
-    rows = lambda x, axis: jax.numpy.repeat(x, n, axis=axis)
-    out = cache.replace(k=rows(cache.k, 1), v=rows(cache.v, 1), key_mask=rows(cache.key_mask, 0))
+    out = cache.repeat_rows(n)  # the cache knows its own layout
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
       return out
