@@ -24,8 +24,15 @@ the median of the following iterations. We count XLA compilations (the `jax.moni
 event) during the warm iterations: it must be 0. Scaling: our warm iteration time for 64/128/256/512
 new tokens (8 rollouts) and for 4/8/16 rollouts (64 tokens), with the tokens actually generated.
 
-  python experiments/bench_iteration.py                  # the issue's benchmark (~10-20 min on 2 cores)
-  python experiments/bench_iteration.py --no-scaling     # only the ours-vs-trl comparison
+Wall-clock figures depend on the machine's load (a shared 2-core box: the load average is printed);
+process CPU seconds per iteration (user + system, all threads) are printed beside them as the
+load-independent measure of work. `--warm-cache` adds a run of ours whose XLA programs come from a
+persistent compilation cache (what a resumed or repeated run sees): our peak RSS is dominated by the
+one-off compilation of the train step, which such a run skips.
+
+  python experiments/bench_iteration.py                  # the issue's benchmark (~30-60 min on 2 busy cores)
+  python experiments/bench_iteration.py --no-scaling --warm-cache --iters 3   # ours vs trl (+ hpt row)
+  python experiments/bench_iteration.py --only-scaling --iters 2 --scaling-iters 2
   python experiments/bench_iteration.py --smoke          # a minuscule version for CI
 """
 
@@ -162,6 +169,12 @@ def run_ours(w: Workload, paths: dict[str, str]) -> dict:
 
   from hpt_jax.training import loop
 
+  if paths.get("compilation_cache"):
+    # A persistent compilation cache, as a resumed or repeated run would have: programs are loaded,
+    # not compiled (the compile events still fire, so the recompilation count is unaffected).
+    jax.config.update("jax_compilation_cache_dir", paths["compilation_cache"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
   counter = CompileCounter()
   workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench_ours_"))
   run = loop._Run(our_config(w, paths), workdir, None)  # the loop's own objects, built once
@@ -202,6 +215,7 @@ def run_ours(w: Workload, paths: dict[str, str]) -> dict:
       "generated_tokens": med("generated_tokens"), "train_rows": med("rows"),
       "compiles_first": len(counter.names) - len(compiles_after_first),
       "compiles_after_first": len(compiles_after_first), "recompiled": sorted(set(compiles_after_first)),
+      "compiled_in_first": sorted(set(counter.names) - set(compiles_after_first)),
       "peak_rss_mib": _peak_rss_mib(), "peak_rss_by_stage": stages,
   }
 
@@ -330,7 +344,8 @@ def report(results: dict) -> None:
         f"{w['new_tokens']} new tokens, {w['micro_rows']}-row micro-batches; load average "
         f"{results['load_before']} (before) / {results['load_after']} (after)")
   print(f"ours ({ours['device']}, grpo rows = trl's workload): warm {ours['warm_seconds']:.2f} s/iter "
-        f"{[round(x, 2) for x in ours['warm_all']]}, first {ours['first_seconds']:.1f} s; "
+        f"{[round(x, 2) for x in ours['warm_all']]} (CPU {ours['warm_cpu_seconds']:.1f} s), first "
+        f"{ours['first_seconds']:.1f} s; "
         f"{ours['generated_tokens']:.0f} tokens generated; peak RSS {ours['peak_rss_mib']:.0f} MiB")
   print(f"  split: {_fmt_split(ours['split'])}")
   print(f"  peak RSS after each stage (MiB): {ours['peak_rss_by_stage']}")
@@ -340,9 +355,15 @@ def report(results: dict) -> None:
     print(f"ours (hpt gate + HPT loss, {hpt['train_rows']:.0f} rows trained): warm {hpt['warm_seconds']:.2f} "
           f"s/iter, first {hpt['first_seconds']:.1f} s; split: {_fmt_split(hpt['split'])}; compilations "
           f"after the first iteration: {hpt['compiles_after_first']}; peak RSS {hpt['peak_rss_mib']:.0f} MiB")
+  cached = results.get("ours_warm_cache")
+  if cached is not None:
+    print(f"ours with a warm persistent compilation cache: first iteration {cached['first_seconds']:.1f} s, "
+          f"warm {cached['warm_seconds']:.2f} s/iter (CPU {cached['warm_cpu_seconds']:.1f} s), peak RSS "
+          f"{cached['peak_rss_mib']:.0f} MiB {cached['peak_rss_by_stage']}")
   if theirs is not None:
     print(f"trl {theirs['trl_version']} ({theirs['device']}): warm {theirs['warm_seconds']:.2f} s/iter "
-          f"{[round(x, 2) for x in theirs['warm_all']]}, first {theirs['first_seconds']:.1f} s; "
+          f"{[round(x, 2) for x in theirs['warm_all']]} (CPU {theirs['warm_cpu_seconds']:.1f} s), first "
+          f"{theirs['first_seconds']:.1f} s; "
           f"{theirs['generated_tokens']:.0f} tokens generated; peak RSS {theirs['peak_rss_mib']:.0f} MiB "
           f"(prompt token mismatches: {theirs['prompt_token_mismatches']})")
     print(f"  split: {_fmt_split(theirs['split'])}")
@@ -354,14 +375,14 @@ def report(results: dict) -> None:
     rows = results.get(f"scaling_{name}")
     if not rows:
       continue
-    print(f"scaling over {name}:")
+    print(f"scaling over {name} (wall s/iter; process CPU s/iter is the load-independent figure):")
     for r in rows:
       wl = r["workload"]
-      per_k = r["warm_seconds"] / max(r["generated_tokens"], 1) * 1000
+      per_k = r["warm_cpu_seconds"] / max(r["generated_tokens"], 1) * 1000
       print(f"  {wl['rollouts']:3d} rollouts x {wl['new_tokens']:4d} new tokens: {r['warm_seconds']:7.2f} s/iter, "
-            f"{r['generated_tokens']:7.0f} tokens generated, {per_k:6.3f} s per 1k tokens; "
-            f"sampling {r['split']['sampling']:.2f} s, update {r['split']['update']:.2f} s; "
-            f"compilations after the first iteration: {r['compiles_after_first']}")
+            f"CPU {r['warm_cpu_seconds']:7.2f} s/iter, {r['generated_tokens']:7.0f} tokens generated, "
+            f"{per_k:6.3f} CPU s per 1k tokens; sampling {r['split']['sampling']:.2f} s, update "
+            f"{r['split']['update']:.2f} s; compilations after the first iteration: {r['compiles_after_first']}")
 
 
 def main():
@@ -371,6 +392,10 @@ def main():
   parser.add_argument("--no-trl", action="store_true")
   parser.add_argument("--no-hpt", action="store_true", help="skip the HPT-gate row")
   parser.add_argument("--no-scaling", action="store_true")
+  parser.add_argument("--only-scaling", action="store_true", help="just the scaling sweep (no trl, no hpt)")
+  parser.add_argument("--scaling-iters", type=int, default=3, help="iterations per scaling point")
+  parser.add_argument("--warm-cache", action="store_true",
+                      help="also run ours with a warm persistent compilation cache (a resumed run's start)")
   parser.add_argument("--json", type=pathlib.Path, help="also write all results here")
   parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
   parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -392,18 +417,25 @@ def main():
   root = pathlib.Path(tempfile.mkdtemp(prefix="bench_iteration_"))
   paths = prepare(root, size)
   results = {"load_before": round(os.getloadavg()[0], 1)}
+  if args.only_scaling:
+    args.no_trl = args.no_hpt = True
   results["ours"] = run_worker("ours", base, paths, timeout=timeout)
   if not args.no_hpt:
     results["ours_hpt"] = run_worker("ours", dataclasses.replace(base, algorithm="hpt"), paths, timeout=timeout)
   if not args.no_trl:
     results["trl"] = run_worker("trl", base, paths, timeout=timeout)
+  if args.warm_cache:
+    cached = paths | {"compilation_cache": str(root / "jax_cache")}
+    run_worker("ours", dataclasses.replace(base, iters=1), cached, timeout=timeout)  # fills the cache
+    results["ours_warm_cache"] = run_worker("ours", base, cached, timeout=timeout)
   if not args.no_scaling:
-    short = dataclasses.replace(base, iters=min(base.iters, 3))
+    short = dataclasses.replace(base, iters=min(base.iters, args.scaling_iters))
     results["scaling_tokens"] = [
         results["ours"] if t == base.new_tokens and short.iters == base.iters else
         run_worker("ours", dataclasses.replace(short, new_tokens=t), paths, timeout=timeout)
         for t in token_sweep]
     results["scaling_rollouts"] = [
+        results["ours"] if n == base.rollouts and short.iters == base.iters else
         run_worker("ours", dataclasses.replace(short, rollouts=n), paths, timeout=timeout) for n in rollout_sweep]
   results["load_after"] = round(os.getloadavg()[0], 1)
   report(results)
