@@ -6,10 +6,8 @@ time under `jax.checkpoint`, so forward *and* backward hold scores for one chunk
 the price is recomputing each chunk's scores in the backward pass. Results equal full attention up
 to float rounding (same float32 softmax per query row).
 
-Cached attention (`attend_cached`) never writes into the cache: the T new queries attend the past
-slots of a read-only `[B, K, S, H]` cache slice and, separately, the T new keys, with ONE softmax over
-both score blocks. The caller writes the new keys into the cache once for all layers afterwards, so
-the decode step does no per-layer copy of the cache (see `transformer.CausalLM._forward`).
+Decode attention (`attend_cache`) reads a layer's cache buffer in its `[B, K, S, H]` layout: both
+matmuls are canonical batched matmuls over (B, K), which XLA:CPU runs without transposing the cache.
 """
 
 from __future__ import annotations
@@ -102,60 +100,36 @@ def _bmm(a: Array, b: Array, *, contract_b: int) -> Array:
   return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-def _attend_cached_block(q: Array, k_new: Array, v_new: Array, new_mask: Array, past_k: Array,
-                         past_v: Array, past_mask: Array) -> Array:
-  """One softmax over [past slots | new tokens] without concatenating the keys.
-
-  q: [B, T, K, G, H]; k_new/v_new: [B, U, K, H]; new_mask: [B, T, U]; past_k/past_v: [B, K, S, H];
-  past_mask: [B, S]. Returns [B, T, K, G, H].
-  """
+def _attend_cache_block(q: Array, keys: Array, values: Array, mask: Array) -> Array:
+  """q: [B, T, K, G, H], keys/values: [B, K, S, H], mask: [B, T, S] -> [B, T, K, G, H]."""
   b, t, k, g, h = q.shape
-  u = k_new.shape[1]
-  # Queries as [B, K, G*T, H] (g major): for decoding (T = 1) every layout change here is a reshape.
+  s = keys.shape[2]
+  # Queries as [B, K, G*T, H] (g major): for decoding (T = 1) this is a reshape, not a copy.
   qk = q.transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
-  k_new = k_new.transpose(0, 2, 1, 3)                                       # [B, K, U, H]
-  v_new = v_new.transpose(0, 2, 1, 3)
-  scale = h ** -0.5
-  past = _bmm(qk, past_k, contract_b=3) * scale                             # [B, K, G*T, S]
-  new = _bmm(qk, k_new, contract_b=3) * scale                               # [B, K, G*T, U]
-  past = jnp.where(past_mask[:, None, None, :], past, _MASKED)
-  new_mask = jnp.broadcast_to(new_mask[:, None], (b, g, t, u)).reshape(b, 1, g * t, u)
-  new = jnp.where(new_mask, new, _MASKED)
-  top = jnp.maximum(jnp.max(past, axis=-1, keepdims=True), jnp.max(new, axis=-1, keepdims=True))
-  past = jnp.exp(past - top)
-  new = jnp.exp(new - top)
-  total = jnp.sum(past, axis=-1, keepdims=True) + jnp.sum(new, axis=-1, keepdims=True)
-  out = (_bmm((past / total).astype(past_v.dtype), past_v, contract_b=2)
-         + _bmm((new / total).astype(v_new.dtype), v_new, contract_b=2))     # [B, K, G*T, H]
+  scores = _bmm(qk, keys, contract_b=3) * (h ** -0.5)                      # [B, K, G*T, S]
+  mask = jnp.broadcast_to(mask[:, None], (b, g, t, s)).reshape(b, 1, g * t, s)
+  scores = jnp.where(mask, scores, _MASKED)
+  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  out = _bmm(probs, values, contract_b=2)                                   # [B, K, G*T, H]
   return out.astype(q.dtype).reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
 
 
-def attend_cached(q: Array, k_new: Array, v_new: Array, new_mask: Array, *, past_k: Array,
-                  past_v: Array, past_mask: Array, query_chunk: int | None = None) -> Array:
-  """Attention of T new queries over a read-only cache slice plus the T new keys.
-
-  Equals `attend` over the keys [past slots, new tokens] with the mask [past_mask | new_mask]
-  (same float32 softmax, up to summation order).
+def attend_cache(q: Array, keys: Array, values: Array, mask: Array, *,
+                 query_chunk: int | None = None) -> Array:
+  """`attend` over a KV cache buffer in its `[B, K, S, H]` layout (decode attention).
 
   Args:
     q: [B, T, N, H] (RoPE applied).
-    k_new, v_new: [B, T, K, H] the new tokens' keys / values.
-    new_mask: [B, T, T] bool, query t may attend new token u (causal and real).
-    past_k, past_v: [B, K, S, H] this layer's cache; slots where `past_mask` is False are ignored.
-    past_mask: [B, S] bool, True = the slot holds an earlier real token (the same for every query).
+    keys, values: [B, K, S, H] one layer's cache, the T new tokens already written.
+    mask: [B, T, S] bool, True = query t may attend slot s.
     query_chunk: as in `attend`.
   Returns:
-    [B, T, N, H] in q's dtype.
+    [B, T, N, H] in q's dtype (a query with no valid key: the uniform average, as in `attend`).
   """
   b, t, n, h = q.shape
-  chex.assert_rank([q, k_new, v_new, new_mask, past_k, past_v, past_mask], [4, 4, 4, 3, 4, 4, 2])
-  chex.assert_equal_shape([k_new, v_new])
-  chex.assert_equal_shape([past_k, past_v])
-  chex.assert_shape(new_mask, (b, t, t))
-  chex.assert_shape(past_mask, (b, past_k.shape[2]))
-  qg = _group_queries(q, k_new.shape[2])
-
-  def block(qc, mc):
-    return _attend_cached_block(qc, k_new, v_new, mc, past_k, past_v, past_mask)
-
-  return _in_query_chunks(block, qg, new_mask, query_chunk).reshape(b, t, n, h).astype(q.dtype)
+  chex.assert_rank([q, keys, values, mask], [4, 4, 4, 3])
+  chex.assert_equal_shape([keys, values])
+  chex.assert_shape(mask, (b, t, keys.shape[2]))
+  qg = _group_queries(q, keys.shape[1])
+  block = lambda qc, mc: _attend_cache_block(qc, keys, values, mc)
+  return _in_query_chunks(block, qg, mask, query_chunk).reshape(b, t, n, h)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hpt_jax.models import rope
-from hpt_jax.models.attention import attend, attend_cached
+from hpt_jax.models.attention import attend, attend_cache
 from hpt_jax.models.cache import KVCache
 from hpt_jax.models.config import ModelConfig, RematPolicy
 from hpt_jax.models.sharding import constrain
@@ -102,17 +102,17 @@ class Attention(nnx.Module):
     self.query_chunk = config.attention_query_chunk
 
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array,
-               cached: tuple[Array, Array, Array] | None) -> tuple[Array, Array, Array]:
+               cached: tuple[Array, Array, Array] | None) -> tuple[Array, tuple[Array, Array] | None]:
     """One attention block.
 
     Args:
       x: [B, T, D] normed input.
       cos, sin: [B, T, H] rotation of the T new tokens.
-      mask: [B, T, T] bool, query t may attend new token u (causal and real).
-      cached: None, or (past_k, past_v: [B, K, S, H], past_mask: [B, S] bool) this layer's cache,
-        read only: the new keys/values are returned for the caller to write.
+      mask: [B, T, S] bool (S = T without a cache).
+      cached: None, or (k_layer, v_layer: [B, K, S, H], index: int32 []) this layer's cache; the new
+        keys/values are written at slots [index, index + T) before attending.
     Returns:
-      (out [B, T, D], k_new, v_new [B, T, K, H]).
+      (out [B, T, D], the updated (k_layer, v_layer) or None).
     """
     q = rope.apply_rope(self.q_proj("btd,dnh->btnh", x), cos, sin)
     k = rope.apply_rope(self.k_proj("btd,dkh->btkh", x), cos, sin)
@@ -120,14 +120,17 @@ class Attention(nnx.Module):
     q = constrain(q, ("act_batch", "act_length", "act_heads", "head_dim"))
     if cached is None:
       out = attend(q, k, v, mask, query_chunk=self.query_chunk)
-    else:
-      past_k, past_v, past_mask = cached
-      # Round the new keys through the cache dtype so this step sees what later steps will read.
-      stored = lambda a: a.astype(past_k.dtype).astype(q.dtype)
-      out = attend_cached(q, stored(k), stored(v), mask, past_k=past_k.astype(q.dtype),
-                          past_v=past_v.astype(q.dtype), past_mask=past_mask,
-                          query_chunk=self.query_chunk)
-    return self.o_proj("btnh,nhd->btd", out), k, v
+      return self.o_proj("btnh,nhd->btd", out), None
+    # Write first, then read the written buffer: the old cache value is dead after the write, so
+    # XLA updates the loop-carried buffer in place (reading the old buffer next to a write of it
+    # made XLA copy every layer's cache twice per step).
+    k_layer, v_layer, index = cached
+    write = lambda buf, new: jax.lax.dynamic_update_slice(
+        buf, new.swapaxes(1, 2).astype(buf.dtype), (0, 0, index, 0))          # new: [B, T, K, H]
+    k_layer, v_layer = write(k_layer, k), write(v_layer, v)
+    out = attend_cache(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask,
+                       query_chunk=self.query_chunk)
+    return self.o_proj("btnh,nhd->btd", out), (k_layer, v_layer)
 
 
 class MLP(nnx.Module):
@@ -159,11 +162,11 @@ class DecoderLayer(nnx.Module):
     self.mlp = MLP(config, rngs=rngs)
 
   def __call__(self, x, cos, sin, mask, cached):
-    """x: [B, T, D] -> ([B, T, D], k_new, v_new [B, T, K, H]); see `Attention`."""
-    attn_out, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, cached)
+    """x: [B, T, D] -> ([B, T, D], updated (k_layer, v_layer) or None); see `Attention`."""
+    attn_out, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cached)
     x = x + attn_out
     x = x + self.mlp(self.post_attention_layernorm(x))
-    return constrain(x, ("act_batch", "act_length", "act_embed")), k, v
+    return constrain(x, ("act_batch", "act_length", "act_embed")), kv
 
 
 class Embedding(nnx.Module):
@@ -172,30 +175,17 @@ class Embedding(nnx.Module):
                             config.param_dtype, init=_normal, rngs=rngs)
 
 
-def _attention_masks(attention_mask: Array, cache: KVCache | None
-                     ) -> tuple[Array, Array | None, Array | None]:
-  """Masks of one forward.
-
-  Args:
-    attention_mask: [B, T] bool, True = real new token.
-    cache: the cache the T tokens are appended to, or None.
-  Returns:
-    (new_mask [B, T, T]: query t sees real new tokens u <= t;
-     past_mask [B, S]: real tokens already in the cache (slots < index), None without a cache;
-     key_mask [B, S]: the cache's key_mask after writing the new tokens, None without a cache).
-  """
-  t = attention_mask.shape[1]
-  causal = jnp.tril(jnp.ones((t, t), bool))
-  new_mask = causal[None] & attention_mask[:, None, :]
+def _attention_mask(attention_mask: Array, cache: KVCache | None) -> tuple[Array, Array | None]:
+  """Builds the [B, T, S] attention mask (and the cache's updated key_mask)."""
+  b, t = attention_mask.shape
   if cache is None:
-    return new_mask, None, None
-  past_mask = cache.key_mask & (jnp.arange(cache.length) < cache.index)[None]
-  # Opaque to XLA: for a fresh cache made inside the same jit (index 0) the mask is a constant, and
-  # XLA then constant-folds the masked [B, K, G, T, S] score reductions of the prefill (tens of seconds
-  # of compile time for a sampler batch).
-  past_mask = jax.lax.optimization_barrier(past_mask)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    return causal[None] & attention_mask[:, None, :], None
   key_mask = jax.lax.dynamic_update_slice(cache.key_mask, attention_mask, (0, cache.index))
-  return new_mask, past_mask, key_mask
+  slots = jnp.arange(cache.length)
+  query_slots = cache.index + jnp.arange(t)
+  causal = slots[None, :] <= query_slots[:, None]                # [T, S]
+  return causal[None] & key_mask[:, None, :], key_mask
 
 
 class CausalLM(nnx.Module):
@@ -261,7 +251,7 @@ class CausalLM(nnx.Module):
     inv_freq = rope.inverse_frequencies(head_dim=config.head_dim, theta=config.rope_theta,
                                         scaling=config.rope_scaling)
     cos, sin = rope.rope_angles(positions, inv_freq)
-    mask, past_mask, key_mask = _attention_masks(attention_mask, cache)
+    mask, key_mask = _attention_mask(attention_mask, cache)
 
     graphdef, layer_state = nnx.split(self.layers)
 
@@ -274,7 +264,7 @@ class CausalLM(nnx.Module):
     new_cache, stream = None, None
     if cache is None:
       def body(x, state):
-        x, _, _ = layer_fn(x, state, None)
+        x, _ = layer_fn(x, state, None)
         return x, (x if collect else None)
 
       x, stream = jax.lax.scan(body, x, layer_state)
@@ -283,18 +273,14 @@ class CausalLM(nnx.Module):
       # cache buffer as is and updates it in place; a scan would slice (= copy) a stacked cache.
       if cache.num_layers != config.num_layers:
         raise ValueError(f"cache has {cache.num_layers} layers, the model {config.num_layers}")
-      index = cache.index
       new_k, new_v = [], []
       for i in range(config.num_layers):
         state = jax.tree.map(lambda a: a[i], layer_state)
-        past_k, past_v = cache.k[i], cache.v[i]
-        x, k_new, v_new = layer_fn(x, state, (past_k, past_v, past_mask))
-        write = lambda buf, new: jax.lax.dynamic_update_slice(
-            buf, new.swapaxes(1, 2).astype(buf.dtype), (0, 0, index, 0))       # new: [B, T, K, H]
-        new_k.append(write(past_k, k_new))
-        new_v.append(write(past_v, v_new))
+        x, (k_layer, v_layer) = layer_fn(x, state, (cache.k[i], cache.v[i], cache.index))
+        new_k.append(k_layer)
+        new_v.append(v_layer)
       new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), key_mask=key_mask,
-                          index=index + tokens.shape[1])
+                          index=cache.index + tokens.shape[1])
     if collect:
       embedded = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(config.dtype)
       stream = jnp.concatenate([embedded[None], stream], axis=0)
