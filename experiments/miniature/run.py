@@ -24,7 +24,7 @@ import mini_eval  # noqa: E402
 import mini_results  # noqa: E402
 import mini_setup as ms  # noqa: E402
 
-REDUCED = dict(seeds=(0,), steps=8, pretrain_steps=80, eval_samples=4)
+REDUCED = dict(seeds=(0,), steps=8, pretrain_steps=80, eval_samples=4, lr=1e-3)
 # The test's end-to-end run: a few steps of everything, seconds of compute each.
 SMOKE = dict(seeds=(0,), gammas=(0,), methods=(ms.Method.HPT, ms.Method.GRPO), steps=2, pretrain_steps=1,
              prompts=2, rollouts=4, pretrain_prompts=8, eval_per_level=2, eval_samples=2, response_len=24)
