@@ -102,7 +102,8 @@ class Attention(nnx.Module):
     self.query_chunk = config.attention_query_chunk
 
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array,
-               cached: tuple[Array, Array, Array] | None) -> tuple[Array, tuple[Array, Array] | None]:
+               cached: tuple[Array, Array, Array] | None, *, last_only: bool = False
+               ) -> tuple[Array, tuple[Array, Array] | None]:
     """One attention block.
 
     Args:
@@ -111,6 +112,8 @@ class Attention(nnx.Module):
       mask: [B, T, S] bool (S = T without a cache).
       cached: None, or (k_layer, v_layer: [B, K, S, H], index: int32 []) this layer's cache; the new
         keys/values are written at slots [index, index + T) before attending.
+      last_only: with a cache, attend from the last query only (all T keys/values are still
+        written); out is then [B, 1, D].
     Returns:
       (out [B, T, D], the updated (k_layer, v_layer) or None).
     """
@@ -128,6 +131,8 @@ class Attention(nnx.Module):
     write = lambda buf, new: jax.lax.dynamic_update_slice(
         buf, new.swapaxes(1, 2).astype(buf.dtype), (0, 0, index, 0))          # new: [B, T, K, H]
     k_layer, v_layer = write(k_layer, k), write(v_layer, v)
+    if last_only:
+      q, mask = q[:, -1:], mask[:, -1:]
     out = attend_cache(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask,
                        query_chunk=self.query_chunk)
     return self.o_proj("btnh,nhd->btd", out), (k_layer, v_layer)
@@ -161,10 +166,12 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(config)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x, cos, sin, mask, cached):
-    """x: [B, T, D] -> ([B, T, D], updated (k_layer, v_layer) or None); see `Attention`."""
-    attn_out, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cached)
-    x = x + attn_out
+  def __call__(self, x, cos, sin, mask, cached, *, last_only: bool = False):
+    """x: [B, T, D] -> ([B, T, D] or [B, 1, D] if last_only, updated (k_layer, v_layer) or None);
+    see `Attention`."""
+    attn_out, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cached,
+                                  last_only=last_only)
+    x = (x[:, -1:] if last_only else x) + attn_out
     x = x + self.mlp(self.post_attention_layernorm(x))
     return constrain(x, ("act_batch", "act_length", "act_embed")), kv
 
@@ -208,7 +215,8 @@ class CausalLM(nnx.Module):
                           kernel_axes=("embed", "vocab"), bias=False, rngs=rngs))
 
   def __call__(self, tokens: Array, *, positions: Array, attention_mask: Array,
-               cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+               cache: KVCache | None = None, last_only: bool = False
+               ) -> tuple[Array, KVCache | None]:
     """Runs the decoder over T new tokens.
 
     Args:
@@ -216,10 +224,14 @@ class CausalLM(nnx.Module):
       positions: [B, T] int32 RoPE positions (`cumsum(mask) - 1` for left padding).
       attention_mask: [B, T] bool, True = real token.
       cache: None (plain causal forward) or a `KVCache` the tokens are appended to.
+      last_only: return the last position's hidden state only ([B, 1, D]). With a cache the last
+        layer then runs attention output and MLP for that position only (a sampler's prefill needs
+        no other); without one the result is sliced.
     Returns:
-      (hidden [B, T, D] after the final norm, updated cache or None).
+      (hidden [B, T, D] (or [B, 1, D]) after the final norm, updated cache or None).
     """
-    hidden, cache, _ = self._forward(tokens, positions, attention_mask, cache, collect=False)
+    hidden, cache, _ = self._forward(tokens, positions, attention_mask, cache, collect=False,
+                                     last_only=last_only)
     return hidden, cache
 
   def hidden_states(self, tokens: Array, *, positions: Array, attention_mask: Array) -> Array:
@@ -239,7 +251,8 @@ class CausalLM(nnx.Module):
     logits = jnp.einsum("btd,dv->btv", hidden, unembed, preferred_element_type=jnp.float32)
     return constrain(logits, ("act_batch", "act_length", "act_vocab"))
 
-  def _forward(self, tokens, positions, attention_mask, cache, *, collect: bool):
+  def _forward(self, tokens, positions, attention_mask, cache, *, collect: bool,
+               last_only: bool = False):
     config = self.config
     chex.assert_rank([tokens, positions, attention_mask], 2)
     chex.assert_equal_shape([tokens, positions, attention_mask])
@@ -255,19 +268,21 @@ class CausalLM(nnx.Module):
 
     graphdef, layer_state = nnx.split(self.layers)
 
-    def layer_fn(x, state, cached):
-      return nnx.merge(graphdef, state)(x, cos, sin, mask, cached)
+    def layer_fn(x, state, cached, last_only):
+      return nnx.merge(graphdef, state)(x, cos, sin, mask, cached, last_only=last_only)
 
     if config.remat is not RematPolicy.NONE:
-      layer_fn = jax.checkpoint(layer_fn, policy=config.remat.checkpoint_policy, prevent_cse=False)
+      layer_fn = jax.checkpoint(layer_fn, policy=config.remat.checkpoint_policy, prevent_cse=False,
+                                static_argnums=(3,))
 
     new_cache, stream = None, None
     if cache is None:
       def body(x, state):
-        x, _ = layer_fn(x, state, None)
+        x, _ = layer_fn(x, state, None, False)
         return x, (x if collect else None)
 
       x, stream = jax.lax.scan(body, x, layer_state)
+      x = x[:, -1:] if last_only else x
     else:
       # Decoding: a Python loop over layers (static layer index) so that each layer reads its own
       # cache buffer as is and updates it in place; a scan would slice (= copy) a stacked cache.
@@ -276,7 +291,8 @@ class CausalLM(nnx.Module):
       new_k, new_v = [], []
       for i in range(config.num_layers):
         state = jax.tree.map(lambda a: a[i], layer_state)
-        x, (k_layer, v_layer) = layer_fn(x, state, (cache.k[i], cache.v[i], cache.index))
+        last = last_only and i == config.num_layers - 1
+        x, (k_layer, v_layer) = layer_fn(x, state, (cache.k[i], cache.v[i], cache.index), last)
         new_k.append(k_layer)
         new_v.append(v_layer)
       new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), key_mask=key_mask,

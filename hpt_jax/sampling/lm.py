@@ -60,5 +60,6 @@ class CausalLMDecoder:
                cache: KVCache) -> tuple[Array, KVCache]:
     """tokens/positions/attention_mask: [B, T'] -> ([B, V] float32 last-position logits, cache)."""
     model = nnx.merge(self.graphdef, params)
-    hidden, cache = model(tokens, positions=positions, attention_mask=attention_mask, cache=cache)
-    return model.logits(hidden[:, -1:])[:, 0], cache
+    hidden, cache = model(tokens, positions=positions, attention_mask=attention_mask, cache=cache,
+                          last_only=True)
+    return model.logits(hidden)[:, 0], cache
