@@ -204,7 +204,7 @@ def run_ours(w: Workload, paths: dict[str, str]) -> dict:
     run.data.close()
     run.writer.close()
     run.checkpointer.close()
-  warm = iters[1:]
+  warm = iters[1:] or iters  # a one-iteration run (filling a compilation cache) has no warm figure
   med = lambda k: statistics.median(x[k] for x in warm)
   return {
       "side": "ours", "algorithm": w.algorithm, "workload": dataclasses.asdict(w),
@@ -324,12 +324,14 @@ def _worker_main(side: str, workload: str, paths: str) -> None:
 
 def run_worker(side: str, w: Workload, paths: dict[str, str], *, timeout: float) -> dict:
   """Runs one measurement in a fresh interpreter (its own peak RSS) and returns its result."""
+  print(f"running {side} {dataclasses.asdict(w)}", file=sys.stderr, flush=True)
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--workload",
          json.dumps(dataclasses.asdict(w)), "--paths", json.dumps(paths)]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_PREFIX)]
   if proc.returncode != 0 or not lines:
     raise RuntimeError(f"{side} worker failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+  print(lines[-1], file=sys.stderr, flush=True)  # every result is kept even if a later run fails
   return json.loads(lines[-1][len(_PREFIX):])
 
 
