@@ -21,6 +21,19 @@ def _last_box_start(text: str) -> tuple[int, str] | None:
   return best
 
 
+def matching_brace(s: str, open_pos: int) -> int:
+  """Index of the `}` matching `s[open_pos] == '{'` (plain nesting, no escapes); -1 when unbalanced."""
+  depth = 0
+  for i in range(open_pos, len(s)):
+    if s[i] == "{":
+      depth += 1
+    elif s[i] == "}":
+      depth -= 1
+      if depth == 0:
+        return i
+  return -1
+
+
 def _braced_content(text: str, open_pos: int) -> str | None:
   """Content between `text[open_pos] == '{'` and its matching `}`; None when unbalanced."""
   depth = 0

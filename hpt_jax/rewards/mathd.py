@@ -10,19 +10,9 @@ from __future__ import annotations
 
 import re
 
+from hpt_jax.rewards.extract import matching_brace
+
 _INT_RE = re.compile(r"-?\d+")
-
-
-def _matching_brace(s: str, open_pos: int) -> int:
-  depth = 0
-  for i in range(open_pos, len(s)):
-    if s[i] == "{":
-      depth += 1
-    elif s[i] == "}":
-      depth -= 1
-      if depth == 0:
-        return i
-  return -1
 
 
 def _braced_fracs(s: str) -> str:
@@ -35,7 +25,7 @@ def _braced_fracs(s: str) -> str:
       continue
     if part[0] == "{":
       # `\frac{3}4`: braced numerator, bare one-character denominator.
-      close = _matching_brace(part, 0)
+      close = matching_brace(part, 0)
       if 0 < close < len(part) - 1 and part[close + 1] not in "{ ":
         part = part[:close + 1] + "{" + part[close + 1] + "}" + part[close + 2:]
       out += part

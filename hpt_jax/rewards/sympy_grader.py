@@ -20,6 +20,8 @@ import re
 import sympy
 from sympy.parsing import sympy_parser
 
+from hpt_jax.rewards.extract import matching_brace
+
 _UNIT_WORDS = (
     "degree", "cm", "centimeter", "meter", "mile", "second", "minute", "hour", "day", "week", "month",
     "year", "foot", "feet", "inch", "yard", "unit", "liter", "gram", "kilogram", "dollar",
@@ -44,19 +46,6 @@ _BAD_EXPONENT_RE = (re.compile(r"\^[0-9]+\^"), re.compile(r"\^[0-9][0-9]+"), re.
                     re.compile(r"\*\*[0-9][0-9]+"))
 
 
-def _matching_brace(s: str, open_pos: int) -> int:
-  """Index of the `}` matching `s[open_pos] == '{'`; -1 when unbalanced."""
-  depth = 0
-  for i in range(open_pos, len(s)):
-    if s[i] == "{":
-      depth += 1
-    elif s[i] == "}":
-      depth -= 1
-      if depth == 0:
-        return i
-  return -1
-
-
 def _take_group(s: str, pos: int) -> tuple[str, int] | None:
   """The argument starting at `pos`: a `{...}` group or a single character. Returns (arg, end)."""
   while pos < len(s) and s[pos] == " ":
@@ -64,7 +53,7 @@ def _take_group(s: str, pos: int) -> tuple[str, int] | None:
   if pos >= len(s):
     return None
   if s[pos] == "{":
-    end = _matching_brace(s, pos)
+    end = matching_brace(s, pos)
     if end < 0:
       return None
     return s[pos + 1:end], end + 1
