@@ -1,13 +1,15 @@
 """Input validation shared by the upge functions.
 
-Every check raises `ValueError` whose message starts with the name of the bad argument, so a caller
-with a dozen arrays in flight sees at once which one is wrong. Shape and dtype checks are static and
+The rank/shape/dtype checks are chex assertions (free under `jax.jit`); a failed one is re-raised as a
+`ValueError` whose message starts with the name of the bad argument, so a caller with a dozen arrays in
+flight sees at once which one is wrong (chex's own message does not name the argument). Shape and dtype checks are static and
 also run under `jax.jit`; the {0, 1} value check of a non-boolean mask needs concrete values and is
 skipped for tracers (a boolean mask is always fine).
 """
 
 from collections.abc import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,28 +17,40 @@ import numpy as np
 from hpt_jax.typing import Array, ArrayLike
 
 
+def _array(x: ArrayLike):
+  return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
+
+
+def _passes(assertion, *args) -> bool:
+  try:
+    assertion(*args)
+  except AssertionError:
+    return False
+  return True
+
+
 def check_rank(x: ArrayLike, *, rank: int | Sequence[int], name: str) -> None:
   """Raises if `x` does not have one of the allowed ranks."""
   ranks = (rank,) if isinstance(rank, int) else tuple(rank)
-  if np.ndim(x) not in ranks:
+  if not _passes(chex.assert_rank, _array(x), set(ranks)):
     raise ValueError(f"{name}: expected rank {' or '.join(map(str, ranks))}, got shape {np.shape(x)}")
 
 
 def check_shape(x: ArrayLike, *, shape: Sequence[int], name: str) -> None:
   """Raises if `x` does not have exactly `shape`."""
-  if tuple(np.shape(x)) != tuple(shape):
+  if not _passes(chex.assert_shape, _array(x), tuple(shape)):
     raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(np.shape(x))}")
 
 
 def check_floating(x: ArrayLike, *, name: str) -> None:
   """Raises if `x` is not a floating-point array (log-probs, rewards, losses)."""
-  if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+  if not _passes(chex.assert_type, _array(x), float):
     raise ValueError(f"{name}: expected a floating dtype, got {jnp.result_type(x)}")
 
 
 def check_integer(x: ArrayLike, *, name: str) -> None:
   """Raises if `x` is not an integer array (group ids, token ids)."""
-  if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
+  if not _passes(chex.assert_type, _array(x), int):
     raise ValueError(f"{name}: expected an integer dtype, got {jnp.result_type(x)}")
 
 
