@@ -36,8 +36,11 @@ def test_every_shipped_config_parses(path):
 def test_builtin_tiny_validates_on_8_devices(shipped_tiny):
   model = c.validate(shipped_tiny, num_devices=8)
   assert model.vocab_size == 512
-  assert shipped_tiny.phases[0].rows is c.RowSource.GATE
-  assert isinstance(shipped_tiny.phases[0].loss.algorithm, algorithms.HptRl) and shipped_tiny.phases[0].loss.sft
+  # A demonstration warm-up (what the γ = 0 gate picks while nothing is solved), then HPT.
+  warmup, hpt = shipped_tiny.phases
+  assert warmup.rows is c.RowSource.DEMOS
+  assert hpt.rows is c.RowSource.GATE
+  assert isinstance(hpt.loss.algorithm, algorithms.HptRl) and hpt.loss.sft
 
 
 def test_algorithm_flag_and_overrides(tiny):
