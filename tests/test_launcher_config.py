@@ -115,3 +115,27 @@ def test_max_positions_from_hf_dir_and_rope_override(tiny, tmp_path):
   cfg = c.build_config(cfg, overrides=("model.max_position_embeddings=4096", "model.rope_theta=40000"))
   model = c.validate(cfg, num_devices=8)
   assert (model.max_position_embeddings, model.rope_theta) == (4096, 40000.0)
+
+
+def test_hf_dir_keeps_the_configured_runtime_fields(tiny, tmp_path):
+  """config.json gives the architecture; dtype policy, remat and query chunk stay as configured."""
+  import json
+  from hpt_jax.models import DTypePolicy, RematPolicy
+  hf = tiny.model.config.to_hf_config()
+  hf["num_hidden_layers"] = 3  # the file's architecture must win over model.config's (1 layer)
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  runtime = tiny.model.config.replace(dtype_policy=DTypePolicy.BFLOAT16, remat=RematPolicy.SAVE_DOTS,
+                                      attention_query_chunk=8)
+  cfg = dataclasses.replace(tiny, model=c.ModelSource(config=runtime, hf_dir=tmp_path))
+  model = c.validate(cfg, num_devices=8)
+  assert model.num_layers == 3
+  assert (model.dtype_policy, model.remat, model.attention_query_chunk) == (
+      DTypePolicy.BFLOAT16, RematPolicy.SAVE_DOTS, 8)
+  # Everything else is the file's: the same as parsing it with the run-time fields given explicitly.
+  assert model == c.ModelConfig.from_hf_config(hf, dtype_policy=DTypePolicy.BFLOAT16,
+                                               remat=RematPolicy.SAVE_DOTS, attention_query_chunk=8)
+  # The same choices from the command line.
+  cfg = c.build_config(tiny, overrides=(f"model.hf_dir={tmp_path}", "model.config.remat=full",
+                                        "model.config.attention_query_chunk=4"))
+  model = c.validate(cfg, num_devices=8)
+  assert (model.remat, model.attention_query_chunk, model.num_layers) == (RematPolicy.FULL, 4, 3)

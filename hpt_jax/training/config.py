@@ -40,9 +40,11 @@ class ModelSource:
   """Which model to post-train.
 
   Attributes:
-    config: the architecture when starting from random weights (`hf_dir` unset).
+    config: the architecture when starting from random weights (`hf_dir` unset). With `hf_dir`, only
+      its run-time choices are kept (`RUNTIME_FIELDS`: dtype policy, remat, attention query chunk),
+      which config.json does not describe.
     hf_dir: a Hugging Face `save_pretrained` directory to start from (its config.json wins over
-      `config`, except for the rope overrides below).
+      `config` for the architecture, except for the rope overrides below).
     tokenizer_dir: a `transformers` tokenizer directory; default `hf_dir`, or the built-in task's
       tokenizer when training on the built-in task.
     rope_theta, max_position_embeddings: overrides applied on top of `hf_dir`'s config (HPT's 7B
@@ -274,15 +276,24 @@ def with_algorithm(config: TrainConfig, name: str) -> TrainConfig:
       config, phases=tuple(dataclasses.replace(p, loss=loss, rows=rows) for p in config.phases))
 
 
+# How the model computes, not what it is: config.json cannot say, so `model.config` keeps them.
+RUNTIME_FIELDS = ("dtype_policy", "remat", "attention_query_chunk")
+
+
 def resolve_model_config(source: ModelSource) -> ModelConfig:
-  """The architecture to build: `hf_dir`'s config.json (with the rope overrides) or `config`."""
+  """The model to build: `hf_dir`'s config.json with `config`'s run-time fields (`RUNTIME_FIELDS`)
+  and the rope overrides, or `config` itself."""
   if source.hf_dir is None:
     config = source.config
   else:
     config_file = pathlib.Path(source.hf_dir) / "config.json"
     if not config_file.is_file():
       raise ConfigError(f"model.hf_dir: {str(config_file)!r} does not exist")
-    config = ModelConfig.from_hf_config(json.loads(config_file.read_text()))
+    runtime = {name: getattr(source.config, name) for name in RUNTIME_FIELDS}
+    try:
+      config = ModelConfig.from_hf_config(json.loads(config_file.read_text()), **runtime)
+    except ValueError as e:
+      raise ConfigError(f"model.hf_dir: {e}") from e
   changes = {}
   if source.rope_theta is not None:
     changes["rope_theta"] = source.rope_theta
