@@ -19,6 +19,7 @@ import numpy as np
 
 from hpt_jax import evaluation
 from hpt_jax import sampling
+from hpt_jax.data.templates import adds_special_tokens
 from hpt_jax.evaluation import benchmarks as bm
 from hpt_jax.evaluation.backends import SamplerBackend
 from hpt_jax.evaluation.grading import RewardGrader
@@ -30,7 +31,7 @@ class Validator:
 
   Args:
     config: the validation section.
-    data: the run's `TrainingData` (held-out problems, prompt rendering, reward pool).
+    data: the run's `TrainingData` (held-out problems, prompt template and rendering, reward pool).
     sampler: the trainer's sampler (with tokenizer).
     max_new_tokens: response cap (the training response length).
     seed: base seed of the validation samples (fixed across steps, so steps are comparable).
@@ -54,8 +55,11 @@ class Validator:
           temperature=protocol.temperature, top_p=protocol.top_p, max_new_tokens=max_new_tokens,
           num_samples=protocol.num_samples)
     rows = max(config.samples_per_problem, sampler.batch_multiple)
+    # Validation prompts must be the training prompts: the data layer's rule decides whether the
+    # tokenizer adds its special tokens (BOS for the Llama zero template), as `evaluation.build` does.
+    backend = SamplerBackend(sampler, add_special_tokens=adds_special_tokens(data.template))
     self.evaluator = evaluation.Evaluator(
-        backend=SamplerBackend(sampler), grader=RewardGrader(pool=data.reward_pool),
+        backend=backend, grader=RewardGrader(pool=data.reward_pool),
         render=data.render, batch_rows=max(rows, 8 * config.samples_per_problem), seed=seed,
         progress=False)
 
