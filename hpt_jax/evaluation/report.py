@@ -19,6 +19,7 @@ import math
 import pathlib
 from collections.abc import Mapping, Sequence
 
+from hpt_jax import figures
 from hpt_jax.evaluation import metrics
 from hpt_jax.evaluation import results as results_lib
 
@@ -186,9 +187,7 @@ def plot_pass_at_k(scores: Scores, path: str | pathlib.Path, *,
     path: output PNG path.
     benchmarks: panels to draw (default: every benchmark of any run, in Table 2 order).
   """
-  import matplotlib
-  matplotlib.use("Agg")  # headless: no display on training hosts
-  import matplotlib.pyplot as plt
+  plt = figures.pyplot()
 
   if benchmarks is None:
     benchmarks = [h for h, members in _columns({b for r in scores.values() for b in r}) if members is None]
@@ -212,9 +211,4 @@ def plot_pass_at_k(scores: Scores, path: str | pathlib.Path, *,
     ax.legend(fontsize=8)
   for ax in list(axes.flat)[len(benchmarks):]:
     ax.set_visible(False)
-  fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return figures.save_figure(fig, path, dpi=120)

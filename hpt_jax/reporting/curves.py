@@ -16,6 +16,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from hpt_jax import figures
+
 VAL_LEVEL = re.compile(r"^val/accuracy_level_(\d+)$")
 OFF_RATIO = "gate/off_example_ratio"
 TRAIN_LENGTH = "response/length_mean"
@@ -76,20 +78,14 @@ def plot_run(records: Sequence[Mapping[str, float]], out_dir: str | pathlib.Path
              title: str = "") -> dict[str, pathlib.Path]:
   """Writes accuracy.png (validation accuracy per level vs step), off_example_ratio.png and
   response_length.png into `out_dir`; returns {name: path}."""
-  import matplotlib
-  matplotlib.use("Agg")  # files only, no display
-  import matplotlib.pyplot as plt
+  plt = figures.pyplot()
 
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {}
 
   def save(fig, name):
-    path = out_dir / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    paths[name] = path
+    paths[name] = figures.save_figure(fig, out_dir / f"{name}.png")
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for level, key in level_keys(records).items():
@@ -140,9 +136,7 @@ def mean_series(runs: Sequence[Sequence[Mapping[str, float]]], key: str) -> tupl
 def plot_groups(groups: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], key: str,
                 path: str | pathlib.Path, *, ylabel: str, title: str = "") -> pathlib.Path:
   """One line per group (the mean over its runs, a band of ± one std) of metric `key` vs step."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures.pyplot()
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for label, runs in groups.items():
@@ -154,9 +148,4 @@ def plot_groups(groups: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], k
     ax.fill_between(mean.steps, mean.values - std, mean.values + std, alpha=0.15)
   ax.set(xlabel="step", ylabel=ylabel, title=title)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return figures.save_figure(fig, path)
