@@ -1,12 +1,14 @@
 """The paper's Table 2 in miniature, in one command (see mini_setup.py for what is trained).
 
-  python experiments/miniature/run.py                    # full: 3 seeds, ~60 min on 2 idle cores
+  python experiments/miniature/run.py                    # full: 3 seeds (21 post-training runs)
   python experiments/miniature/run.py --reduced          # 1 seed, fewer steps (marked in RESULTS.md)
   python experiments/miniature/run.py --workdir /tmp/m   # elsewhere (default runs/miniature)
 
-Everything runs in this one process, so compiled programs are shared between runs. A rerun with the
-same workdir skips every run whose export and evaluation are already there (resumable), then
-rewrites experiments/miniature/RESULTS.md and experiments/miniature/plots/.
+Everything runs in this one process, and a persistent XLA compilation cache under the workdir lets a
+run load the programs an earlier run (or invocation) compiled. A rerun with the same workdir skips
+every run whose export and evaluation are already there (resumable), then rewrites
+experiments/miniature/RESULTS.md and experiments/miniature/plots/. Process CPU seconds (this process
+and its reward workers) and the load average are recorded next to wall time.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
+import resource
 import sys
 import time
 
@@ -24,10 +28,28 @@ import mini_eval  # noqa: E402
 import mini_results  # noqa: E402
 import mini_setup as ms  # noqa: E402
 
-REDUCED = dict(seeds=(0,), steps=8, pretrain_steps=80, eval_samples=4, lr=1e-3)
+# The committed first run's settings (constant lr, 32 held-out problems per level, no extra ones).
+REDUCED = dict(seeds=(0,), steps=8, pretrain_steps=80, eval_samples=4, lr=1e-3, constant_lr=True,
+               eval_per_level=32, eval_extra=0)
 # The test's end-to-end run: a few steps of everything, seconds of compute each.
 SMOKE = dict(seeds=(0,), gammas=(0,), methods=(ms.Method.HPT, ms.Method.GRPO), steps=2, pretrain_steps=1,
-             prompts=2, rollouts=4, pretrain_prompts=8, eval_per_level=2, eval_samples=2, response_len=24)
+             prompts=2, rollouts=4, pretrain_prompts=8, eval_per_level=2, eval_extra=2, eval_samples=2,
+             response_len=24)
+
+
+def cpu_seconds() -> float:
+  """User + system CPU seconds of this process and of its finished children (reward workers)."""
+  own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def use_compilation_cache(directory: pathlib.Path) -> None:
+  """Persists compiled XLA programs: each post-training run rebuilds its jitted step, which would
+  otherwise recompile the same programs 21 times."""
+  import jax  # deferred: heavy
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def _trained(workdir: pathlib.Path) -> bool:
@@ -59,7 +81,9 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
   With `report_only`, trains nothing: RESULTS.md is rewritten from the runs already finished.
   """
   workdir.mkdir(parents=True, exist_ok=True)
-  wall = time.perf_counter()
+  use_compilation_cache(workdir / "xla_cache")
+  wall, cpu0 = time.perf_counter(), cpu_seconds()
+  loads: list[float] = []
   log = lambda msg: print(f"[miniature {time.perf_counter() - wall:7.1f}s] {msg}", flush=True)
   pre_task, post_task = workdir / "task_pretrain", workdir / "task_post"
   base_dir = workdir / "base"
@@ -70,15 +94,26 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
   seconds_file = workdir / "seconds.json"
   seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
   seconds["base"] = seconds.get("base", 0.0) + _train(ms.pretrain_config(spec, task_dir=pre_task), base_dir)
-  eval_file = post_task / "eval" / "builtin.parquet"
+  loads.append(os.getloadavg()[0])
+  eval_file = workdir / "eval_heldout.parquet"
+  if not eval_file.is_file():
+    # The post-training task is written here exactly as its runs' data source will (same config), so
+    # the held-out file and the base's scores exist before any post-training run.
+    from hpt_jax import data as data_lib  # deferred: heavy
+    data_lib.materialize_builtin_task(post_task, ms.builtin_task_config(
+        ms.post_configs(spec, ms.all_runs(spec)[0], base_dir=base_dir / "hf_final", task_dir=post_task)[0]))
+    mini_eval.write_eval_file(eval_file, levels=spec.post_levels, per_level=spec.eval_per_level,
+                              extra=spec.eval_extra, train_files=[pre_task / "train.parquet",
+                                                                  post_task / "train.parquet"])
 
   def evaluate(run_dir: pathlib.Path):
     return mini_eval.evaluate_export(run_dir / "hf_final", eval_file=eval_file, out_dir=run_dir / "eval",
                                      samples=spec.eval_samples, prompt_len=spec.prompt_len,
                                      response_len=spec.response_len)
 
+  base = evaluate(base_dir)
+  log(f"base model held-out avg@{spec.eval_samples}: {mini_eval.level_scores(base)}")
   runs: dict[str, mini_results.RunOutcome] = {}
-  base = None
   path = None
   for key in ms.all_runs(spec):
     run_dir = workdir / key.name
@@ -96,13 +131,14 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
       seconds[key.name] = seconds.get(key.name, 0.0) + _train(configs[0], run_dir)
       tokens = _tokens(run_dir)
       curves = mini_results.read_curve(run_dir)
-    if base is None:  # the held-out file exists once the first post-training run wrote its task
-      base = evaluate(base_dir)
+    loads.append(os.getloadavg()[0])
     runs[key.name] = mini_results.RunOutcome(key=key, results=evaluate(run_dir), tokens=tokens, records=curves)
     # Rewritten after every run, so an interrupted sweep still reports what it finished.
     seconds_file.write_text(json.dumps(seconds, indent=1))
+    usage = mini_results.Usage(wall_s=time.perf_counter() - wall, cpu_s=cpu_seconds() - cpu0,
+                               load_min=min(loads), load_max=max(loads))
     path = mini_results.write(spec, runs=runs, base=base, results_dir=results_dir, seconds=seconds,
-                              total_seconds=time.perf_counter() - wall, reduced_note=reduced_note)
+                              usage=usage, reduced_note=reduced_note)
   log(f"done: {path}")
   return path
 
