@@ -139,8 +139,7 @@ def _balanced_held_out(path: pathlib.Path, count: int) -> list[bm.Problem]:
 
 def load_training_data(config: TrainConfig, workdir: pathlib.Path) -> TrainingData:
   """Builds the run's `TrainingData` from `config.data` (a file, or the built-in task)."""
-  import transformers  # deferred: heavy
-
+  from hpt_jax.data.tokenizer import load_tokenizer
   from hpt_jax.rewards.pool import RewardPool
 
   cfg = config.data
@@ -160,7 +159,7 @@ def load_training_data(config: TrainConfig, workdir: pathlib.Path) -> TrainingDa
                         "or model.hf_dir)")
   if config.model.tokenizer_dir is not None:
     tokenizer_dir = config.model.tokenizer_dir
-  tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
+  tokenizer = load_tokenizer(tokenizer_dir)  # plain fast tokenizers without importing torch
   examples, _ = data_lib.load_openr1(train_file, max_bad_fraction=cfg.max_bad_fraction)
   dataset = data_lib.tokenize_examples(examples, tokenizer, template=cfg.template,
                                        max_prompt_length=cfg.max_prompt_length,
