@@ -57,6 +57,48 @@ def test_run_keys_cover_table2_and_table6():
   assert sum(c.total_steps for c in two) == ms.Spec().steps
 
 
+def test_eval_file_extends_held_out_with_unseen_problems(tmp_path):
+  from hpt_jax.data import arithmetic, load_openr1, write_openr1
+  held2 = arithmetic.generate_distinct(seed=0, level=2, count=5)
+  # A training file that contains the first 300 candidate extra problems' neighbourhood: every
+  # level-2 problem whose first operand is 10..39 (2,700 of the 8,100).
+  train = [arithmetic.make_problem(a, b, level=2) for a in range(10, 40) for b in range(10, 100)]
+  train_file = write_openr1([arithmetic.to_openr1_row(q, index=i, split="train") for i, q in enumerate(train)],
+                            tmp_path / "train.parquet")
+  path = mini_eval.write_eval_file(tmp_path / "eval.parquet", levels=(1, 2, 3), per_level=5, extra=40,
+                                   train_files=[train_file])
+  examples, _ = load_openr1(path)  # the schema the evaluator's loader reads
+  rows = __import__("pyarrow.parquet", fromlist=["x"]).read_table(path).to_pylist()
+  by_level = {lv: [r["prompt"][-1]["content"] for r in rows if r["extra_info"]["level"] == lv] for lv in (1, 2, 3)}
+  assert [len(by_level[lv]) for lv in (1, 2, 3)] == [5, 45, 45]  # level 1 gets no extra problems
+  assert by_level[2][:5] == [q.question for q in held2]  # the task's own held-out set comes first
+  train_q = {q.question for q in train}
+  assert not train_q & set(by_level[2][5:]) and len(set(by_level[2])) == 45
+  assert all(10 <= int(q.split("+")[0]) <= 99 for q in by_level[2]) and len(examples) == 95
+  # Every row's answer is the sum (the verifier's ground truth).
+  assert all(r["reward_model"]["ground_truth"] == str(sum(map(int, r["prompt"][-1]["content"][:-1].split("+"))))
+             for r in rows)
+
+
+def test_standard_errors_and_kept_analysis(tmp_path):
+  res = [_result("a", 1, [1, 1]), _result("b", 1, [0, 1]), _result("c", 1, [0, 0]), _result("d", 2, [1, 0])]
+  se = mini_results.standard_errors(res)
+  level1 = np.array([1.0, 0.5, 0.0])
+  assert se["1"] == pytest.approx(level1.std(ddof=1) / np.sqrt(3))
+  assert np.isnan(se["2"])  # one problem: no spread to estimate
+  # A hand-written analysis after the marker survives a regeneration of the tables.
+  (tmp_path / "RESULTS.md").write_text(f"old tables\n{mini_results.ANALYSIS_MARKER}\nmy analysis\n")
+  spec = ms.Spec(seeds=(0,), gammas=(0,))
+  runs = {ms.RunKey(ms.Method.HPT, 0).name: mini_results.RunOutcome(key=ms.RunKey(ms.Method.HPT, 0), results=res,
+                                                                  tokens=5.0, records=[])}
+  usage = mini_results.Usage(wall_s=60.0, cpu_s=120.0, load_min=1.0, load_max=2.0)
+  path = mini_results.write(spec, runs=runs, base=res, results_dir=tmp_path, seconds={}, usage=usage)
+  text = path.read_text()
+  assert "old tables" not in text and text.rstrip().endswith("my analysis")
+  # Level 1: (1 + 1/2 + 0)/3; level 2: 1/2; all: (1 + 1/2 + 0 + 1/2)/4; 5 trained tokens.
+  assert "| HPT (γ = 0) | 50.0 | 50.0 | 50.0 | 5 |" in text and "2.0 CPU-min" in text
+
+
 @pytest.mark.slow
 def test_miniature_end_to_end(tmp_path):
   import run

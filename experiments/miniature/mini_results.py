@@ -28,6 +28,10 @@ class RunOutcome:
   records: list[dict]  # the training metrics (both stages for SFT→GRPO, steps continued)
 
 
+# RESULTS.md from this line on is written by hand and kept when the tables are regenerated.
+ANALYSIS_MARKER = "<!-- analysis: written by hand below this line; kept when the tables above are regenerated -->"
+
+
 @dataclasses.dataclass(frozen=True)
 class Usage:
   """What one invocation cost: wall and CPU seconds (this process + finished children), load average."""
@@ -188,5 +192,8 @@ finished child processes), 1-minute load average {usage.load_min:.1f}–{usage.l
 (sampled after each run). Training wall time per run, summed over invocations (min): {minutes}.
 """
   path = results_dir / "RESULTS.md"
-  path.write_text(text)
+  # A hand-written analysis below the marker survives regeneration (e.g. --report_only).
+  old = path.read_text() if path.is_file() else ""
+  kept = old[old.index(ANALYSIS_MARKER):] if ANALYSIS_MARKER in old else ""
+  path.write_text(text + ("\n" + kept if kept else ""))
   return path
