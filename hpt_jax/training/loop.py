@@ -159,9 +159,6 @@ class _Run:
     # The sampler reads the trainer's own (sharded) arrays: no copy, no gather.
     return nnx.State(state.params)
 
-  def _replicated(self, x):
-    return jax.device_put(x, mesh_lib.replicated(self.mesh))
-
   def initial_state(self) -> TrainState:
     params = None
     if self.config.model.hf_dir is not None:
@@ -171,11 +168,9 @@ class _Run:
                    if v is not None}
       model = hf_io.load_pretrained(self.config.model.hf_dir, mesh=self.mesh, **overrides)
       params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    state = create_train_state(self.model_config, self.optimizer, seed=self.config.seed, mesh=self.mesh,
-                               params=params, gate_state=self.gate.init())
-    # Scalars placed like the step's outputs, so the first update compiles the same program as
-    # every later one.
-    return state._replace(step=self._replicated(state.step), rng=self._replicated(state.rng))
+    # `step` and `rng` come back replicated over the mesh, as the train step returns them.
+    return create_train_state(self.model_config, self.optimizer, seed=self.config.seed, mesh=self.mesh,
+                              params=params, gate_state=self.gate.init())
 
   def abstract_state(self) -> TrainState:
     """The state's shapes and target shardings: a checkpoint restores straight onto the mesh."""
