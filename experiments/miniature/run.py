@@ -94,6 +94,7 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
   seconds_file = workdir / "seconds.json"
   seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
   seconds["base"] = seconds.get("base", 0.0) + _train(ms.pretrain_config(spec, task_dir=pre_task), base_dir)
+  seconds_file.write_text(json.dumps(seconds, indent=1))
   loads.append(os.getloadavg()[0])
   eval_file = workdir / "eval_heldout.parquet"
   if not eval_file.is_file():
