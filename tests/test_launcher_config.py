@@ -77,7 +77,8 @@ def test_two_phase_config_steps_map_to_phases(tiny):
     (("mesh.tensor=16",), "mesh"),
     (("mesh.data=8",), "batch.rows_per_micro_batch"),
     (("phases.0.loss.official_ranks=3",), "phases.0.loss.official_ranks"),
-    (("sampling.temperature=0.6",), "phases.0.loss.temperature"),
+    (("sampling.temperature=0.6", "phases.0.old_logprobs=sampler"), "phases.0.old_logprobs"),
+    (("sampling.dtype_policy=bfloat16", "phases.0.old_logprobs=sampler"), "phases.0.old_logprobs"),
     (("gate.gamma_fraction=0.25",), "gate"),
     (("phases.0.steps=-1",), "phases.0.steps"),
     (("optim.nonexistent=1",), "optim.nonexistent"),
@@ -139,3 +140,18 @@ def test_hf_dir_keeps_the_configured_runtime_fields(tiny, tmp_path):
                                         "model.config.attention_query_chunk=4"))
   model = c.validate(cfg, num_devices=8)
   assert (model.remat, model.attention_query_chunk, model.num_layers) == (RematPolicy.FULL, 4, 3)
+
+
+@pytest.mark.parametrize("overrides, recompute", [
+    ((), False),  # the sampler's log-probs are the training policy's
+    (("phases.0.old_logprobs=recompute",), True),  # asked for explicitly
+    (("sampling.temperature=0.6",), True),  # π_θ at T_loss = 1 vs rollouts' log-probs at 0.6
+    (("sampling.temperature=0.6", "phases.0.loss.temperature=0.6"), False),
+    (("sampling.dtype_policy=bfloat16",), True),  # the sampler computes in another dtype
+])
+def test_old_logprobs_are_recomputed_exactly_when_the_policies_differ(tiny, overrides, recompute):
+  from hpt_jax.training.old_logprobs import should_recompute
+  cfg = c.build_config(tiny, overrides=overrides)
+  model = c.validate(cfg, num_devices=8)  # T_loss != T_sample is no longer refused
+  phase = cfg.phases[0]
+  assert should_recompute(phase.old_logprobs, phase.policies(model, cfg.sampling)) is recompute

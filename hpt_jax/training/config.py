@@ -21,12 +21,15 @@ import enum
 import json
 import pathlib
 
+import jax.numpy as jnp
+
 from hpt_jax.data import PromptTemplate
 from hpt_jax.hybrid import DemoLoss, HardGate, Threshold
 from hpt_jax.hybrid.objective import AdvantageEstimator, LossConfig, LossMode
-from hpt_jax.models import ModelConfig, presets
+from hpt_jax.models import DTypePolicy, ModelConfig, presets
 from hpt_jax.training.checkpoint import CheckpointConfig
 from hpt_jax.training.mesh import MeshConfig
+from hpt_jax.training.old_logprobs import OldLogProbs, PolicyPair, should_recompute
 from hpt_jax.training.metrics import LoggingConfig
 from hpt_jax.training.optimizer import OptimConfig
 from hpt_jax.training.overrides import ConfigError, apply_overrides
@@ -99,6 +102,8 @@ class SamplingConfig:
     temperature, top_p, top_k: the sampling distribution (1.0 / 1.0 / 0 = off in the paper).
     prompt_buckets: allowed padded prompt lengths (each <= data.max_prompt_length is useful).
     response_buckets: allowed response lengths; the largest must reach data.max_response_length.
+    dtype_policy: the sampler's compute dtypes; None = the model's (as training). A different one
+      makes the sampler's log-probs another policy's, so π_old is recomputed (`Phase.old_logprobs`).
   """
   rollouts_per_prompt: int = 8
   temperature: float = 1.0
@@ -106,6 +111,11 @@ class SamplingConfig:
   top_k: int = 0
   prompt_buckets: tuple[int, ...] = (256, 512, 1024)
   response_buckets: tuple[int, ...] = (1024, 4096, 8192)
+  dtype_policy: DTypePolicy | None = None
+
+  def model_config(self, model: ModelConfig) -> ModelConfig:
+    """The config the sampler computes with: the model's, or `dtype_policy` when set."""
+    return model if self.dtype_policy is None else model.replace(dtype_policy=self.dtype_policy)
 
 
 @_section
@@ -187,10 +197,19 @@ class Phase:
 
   `loss.advantage` names the estimator; the loop computes Â over the whole step's rows before they
   are split into mini-batches (as the official code does), and hands them to the step as given.
+  `old_logprobs` says where π_old of the later mini-batches comes from (`old_logprobs.OldLogProbs`:
+  the sampler's, or a teacher-forced recompute when the sampling policy is not the training one).
   """
   loss: LossConfig = LossConfig(algorithm=algorithms.HptRl(width=8192), rl_width=8192)
   rows: RowSource = RowSource.GATE
   steps: int = 500
+  old_logprobs: OldLogProbs = OldLogProbs.AUTO
+
+  def policies(self, model: ModelConfig, sampling: SamplingConfig) -> PolicyPair:
+    """The sampling-time and training-time policies of this phase (for `should_recompute`)."""
+    return PolicyPair(sampling_temperature=sampling.temperature, loss_temperature=self.loss.temperature,
+                      sampling_dtype=str(jnp.dtype(sampling.model_config(model).dtype)),
+                      training_dtype=str(jnp.dtype(model.dtype)))
 
 
 def baseline(name: str | algorithms.AlgorithmName, *, width: int) -> tuple[LossConfig, RowSource]:
@@ -363,11 +382,11 @@ def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
         f"batch.prompts_per_step: {batch.prompts_per_step} prompts × {sampling.rollouts_per_prompt} "
         f"rollouts = {rollout_rows} rows are not divisible by the mesh's batch shards ({batch_shards})")
   for i, phase in enumerate(config.phases):
-    # π_old comes from the sampler's log-probs at its temperature; π_θ must be taken at the same one.
-    if phase.rows is not RowSource.DEMOS and phase.loss.temperature != sampling.temperature:
-      raise ConfigError(f"phases.{i}.loss.temperature={phase.loss.temperature} differs from "
-                        f"sampling.temperature={sampling.temperature}; the ratio π_θ/π_old needs both at "
-                        "the rollout temperature")
+    if phase.rows is not RowSource.DEMOS:
+      try:
+        should_recompute(phase.old_logprobs, phase.policies(model, sampling))
+      except ValueError as e:
+        raise ConfigError(f"phases.{i}.old_logprobs: {e}") from e
     if phase.loss.mode is LossMode.OFFICIAL and batch.rows_per_micro_batch % phase.loss.official_ranks:
       raise ConfigError(f"phases.{i}.loss.official_ranks={phase.loss.official_ranks} does not divide "
                         f"batch.rows_per_micro_batch={batch.rows_per_micro_batch}")

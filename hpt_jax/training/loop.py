@@ -9,7 +9,9 @@ One training step (PAPER.md §2.3):
      mini-batches of `batch.rows_per_optimizer_step` (the paper: 2 optimizer steps per 1,024 rows),
      each packed into static [M, Bm, L] micro-batches and given to the jitted train step. The first
      mini-batch is exactly on-policy, so its π_old is stop_gradient(π_θ); later ones use the log-probs
-     the sampler recorded with the step's starting parameters (no extra forward pass);
+     the sampler recorded with the step's starting parameters (no extra forward pass) while the
+     sampling policy is the training policy, and a teacher-forced recompute with those parameters
+     otherwise (`old_logprobs.py`; a phase's `old_logprobs` field);
   4. metrics are written (JSONL, TensorBoard, progress bar, a log line), validation runs every
      `validation.every_steps`, a checkpoint every `checkpoint.every_steps` and after the last step.
 
@@ -37,13 +39,14 @@ from hpt_jax.hybrid.objective import AdvantageEstimator, compute_advantages
 from hpt_jax.sampling.lm import CausalLMDecoder
 from hpt_jax.training import distributed
 from hpt_jax.training import rollout_phase
-from hpt_jax.training.batching import PackConfig, Rows, pack
+from hpt_jax.training.batching import MicroBatches, PackConfig, Rows, pack
 from hpt_jax.training.checkpoint import BestTracker, Checkpointer
 from hpt_jax.training.config import RowSource, TrainConfig, validate
 from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training.batching import FIELD_NDIMS
 from hpt_jax.training.data_source import TrainingData
 from hpt_jax.training.metrics import MetricsWriter
+from hpt_jax.training.old_logprobs import Recompute, should_recompute
 from hpt_jax.training.optimizer import make_optimizer
 from hpt_jax.training.overrides import ConfigError
 from hpt_jax.training.progress import Progress
@@ -102,6 +105,12 @@ def _mean_metrics(items: list[dict[str, float]]) -> dict[str, float]:
 
 
 @functools.lru_cache(maxsize=16)
+def _recompute(model_config, temperature: float, logprob_chunk: int | None, mesh) -> Recompute:
+  """One π_old recompute pass per (model, temperature, chunk, mesh) in a process (see `_train_step`)."""
+  return Recompute(model_config, temperature=temperature, logprob_chunk=logprob_chunk, mesh=mesh)
+
+
+@functools.lru_cache(maxsize=16)
 def _train_step(model_config, loss, optim: OptimConfig, mesh) -> TrainStep:
   """One TrainStep per (model, loss, optimizer, mesh) in a process, so that its compiled programs
   are reused by later `train` calls (a resume in the same process, tests, sweeps)."""
@@ -130,8 +139,9 @@ class _Run:
                                  drop_demo_questions=config.gate.drop_demo_questions)
     self.graphdef = model_graphdef(self.model_config)
     batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    sampling_model = config.sampling.model_config(self.model_config)
     self.sampler = sampling.Sampler(
-        CausalLMDecoder(self.graphdef, self.model_config), eos_ids=self.data.eos_ids,
+        CausalLMDecoder(model_graphdef(sampling_model), sampling_model), eos_ids=self.data.eos_ids,
         pad_id=self.data.pad_id,
         buckets=sampling.Buckets(prompt=config.sampling.prompt_buckets,
                                  response=config.sampling.response_buckets),
@@ -149,6 +159,12 @@ class _Run:
                               dataclasses.replace(p.loss, advantage=AdvantageEstimator.GIVEN),
                               config.optim, self.mesh) for p in config.phases]
     self.optimizer = self.steps[0].optimizer
+    # Per phase: the π_old recompute pass, or None where the sampler's log-probs are π_old.
+    self.recompute = [
+        _recompute(self.model_config, p.loss.temperature, p.loss.logprob_chunk, self.mesh)
+        if p.rows is not RowSource.DEMOS and should_recompute(p.old_logprobs, p.policies(
+            self.model_config, config.sampling)) else None
+        for p in config.phases]
     self.checkpointer = Checkpointer(workdir / "checkpoints", config=config.checkpoint)
     self.writer = MetricsWriter(workdir, config=config.logging, is_writer=distributed.is_main_process())
     self.batch_shardings = jax.tree.map(lambda n: mesh_lib.batch_sharding(self.mesh, n), FIELD_NDIMS)
@@ -200,6 +216,31 @@ class _Run:
     hf_io.save_pretrained(model, path, tokenizer_dir=self.data.tokenizer_dir)
     return path
 
+  def update_batches(self, state: TrainState, rows: Rows, advantages: np.ndarray,
+                     phase_index: int) -> tuple[list[MicroBatches], int, int]:
+    """The step's mini-batches, packed and placed on the mesh, with their π_old.
+
+    Built before the first update: a recomputed π_old must come from the step's starting
+    parameters. The first mini-batch stays on-policy (π_old = stop_gradient(π_θ) in the step).
+
+    Returns:
+      (mini-batches, attended tokens, number of mini-batches whose π_old was recomputed).
+    """
+    size = self.config.batch.rows_per_optimizer_step
+    recompute = self.recompute[phase_index]
+    batches, tokens, recomputed = [], 0, 0
+    for k, lo in enumerate(range(0, rows.num_rows, size)):
+      hi = min(lo + size, rows.num_rows)
+      host_batch = pack(take_rows(rows, lo, hi, keep_old_logp=k > 0), config=self.pack_config,
+                        advantages=advantages[lo:hi])
+      tokens += int(host_batch.attention_mask.sum())
+      batch = distributed.global_tree(host_batch, self.batch_shardings)
+      if k > 0 and recompute is not None and rows.old_logp is not None:
+        batch = recompute(state.params, batch)
+        recomputed += 1
+      batches.append(batch)
+    return batches, tokens, recomputed
+
   def one_step(self, state: TrainState, step: int) -> tuple[TrainState, dict[str, float]]:
     config = self.config
     phase_index, phase = config.phase_at(step)
@@ -217,15 +258,10 @@ class _Run:
     rows = experience.rows
     advantages = step_advantages(phase.loss.advantage, rows)
     train_step = self.steps[phase_index]
-    per_update, train_tokens = [], 0
+    per_update = []
     train_start = time.perf_counter()
-    size = config.batch.rows_per_optimizer_step
-    for k, lo in enumerate(range(0, rows.num_rows, size)):
-      hi = min(lo + size, rows.num_rows)
-      host_batch = pack(take_rows(rows, lo, hi, keep_old_logp=k > 0), config=self.pack_config,
-                        advantages=advantages[lo:hi])
-      train_tokens += int(host_batch.attention_mask.sum())
-      batch = distributed.global_tree(host_batch, self.batch_shardings)
+    batches, train_tokens, recomputed = self.update_batches(state, rows, advantages, phase_index)
+    for batch in batches:
       state, metrics = train_step(state, batch)
       per_update.append({k2: _scalar(v) for k2, v in metrics.items()})
     jax.block_until_ready(state.params)
@@ -236,6 +272,7 @@ class _Run:
     out["train/grad_norm"] = out.get("train/optim_grad_norm", float("nan"))
     out["train/skipped_updates"] = per_update[-1].get("optim/num_skipped", 0.0)
     out["train/optimizer_steps"] = float(len(per_update))
+    out["train/recomputed_old_logp_batches"] = float(recomputed)
     out["train/phase"] = float(phase_index)
     out["perf/training_seconds"] = train_seconds
     out["perf/training_tokens_per_s"] = train_tokens / max(train_seconds, 1e-9)

@@ -1,0 +1,159 @@
+"""π_old of a step's rollout tokens: the sampler's log-probs, or a teacher-forced recompute.
+
+A step's rows are cut into mini-batches, one optimizer update each. The first mini-batch is exactly
+on-policy (the train step uses stop_gradient(log π_θ)); the later ones need log π_old of every
+rollout token under the policy the step started from. The sampler recorded log softmax(logits / T)
+for each token it drew, with the step's starting parameters, so those are π_old for free — as long
+as the sampling-time policy is the training-time one. When it is not (the loss takes π_θ at a
+temperature other than the rollout temperature, or the sampler computes in another dtype), π_old is
+recomputed: one jitted, sharded, teacher-forced forward pass with the step's starting parameters
+over the packed micro-batches, log-probs in chunks of positions exactly as the train step takes
+them (the [B, L, V] logits never exist).
+
+Demonstration rows keep what the router gave them (log π_old = 0, the offline reference π_old ≡ 1).
+Letters: M micro-batches, Bm rows each, L positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from hpt_jax import upge
+from hpt_jax.models import ModelConfig
+from hpt_jax.training import mesh as mesh_lib
+from hpt_jax.training import state as state_lib
+from hpt_jax.training.batching import FIELD_NDIMS, MicroBatches
+from hpt_jax.typing import Array
+
+
+class OldLogProbs(enum.Enum):
+  """Where the later mini-batches' π_old comes from."""
+  AUTO = "auto"  # the sampler's while the sampling policy is the training policy, recomputed otherwise
+  SAMPLER = "sampler"  # always the sampler's (refused by `config.validate` when the policies differ)
+  RECOMPUTE = "recompute"  # always a teacher-forced pass with the step's starting parameters
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PolicyPair:
+  """What makes the sampling-time policy and the training-time policy the same distribution.
+
+  Attributes:
+    sampling_temperature: T of the sampler's recorded log-probs.
+    loss_temperature: T at which the loss takes log π_θ.
+    sampling_dtype: compute dtype of the sampler's forward pass.
+    training_dtype: compute dtype of the train step's forward pass.
+  """
+  sampling_temperature: float
+  loss_temperature: float
+  sampling_dtype: str
+  training_dtype: str
+
+  def differences(self) -> list[str]:
+    """Human-readable reasons the two policies differ (empty when they agree)."""
+    out = []
+    if self.sampling_temperature != self.loss_temperature:
+      out.append(f"sampling temperature {self.sampling_temperature} != loss temperature {self.loss_temperature}")
+    if jnp.dtype(self.sampling_dtype) != jnp.dtype(self.training_dtype):
+      out.append(f"sampling dtype {self.sampling_dtype} != training dtype {self.training_dtype}")
+    return out
+
+
+def should_recompute(choice: OldLogProbs, policies: PolicyPair) -> bool:
+  """True when π_old must come from a recompute pass (see `OldLogProbs`).
+
+  Raises:
+    ValueError: SAMPLER while the policies differ (the ratio π_θ/π_old would mix two distributions).
+  """
+  reasons = policies.differences()
+  if choice is OldLogProbs.SAMPLER and reasons:
+    raise ValueError(f"old_logprobs=sampler, but the sampler's log-probs are not the training policy's: "
+                     f"{'; '.join(reasons)} (use auto or recompute)")
+  return choice is OldLogProbs.RECOMPUTE or (choice is OldLogProbs.AUTO and bool(reasons))
+
+
+def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, params: dict, tokens: Array,
+                            positions: Array, attention_mask: Array, targets: Array, *, temperature: float,
+                            logprob_chunk: int | None) -> Array:
+  """log π(targets) of one micro-batch, as the train step computes it (no gradient needed).
+
+  Args:
+    model_config: the policy's config (its dtype is the compute dtype).
+    graphdef: `state.model_graphdef(model_config)`.
+    params: fp32 master parameters (pure dict); cast to the compute dtype here, like the step does.
+    tokens, positions: [Bm, L] int32.
+    attention_mask: [Bm, L] bool.
+    targets: [Bm, L] int32, the token at t + 1.
+    temperature: logits are divided by it.
+    logprob_chunk: positions per chunk of the log-softmax from hidden states (None: full logits).
+
+  Returns:
+    [Bm, L] float32 log-probs (meaningful where the response mask is True).
+  """
+  dtype = jnp.dtype(model_config.dtype)
+  if dtype != jnp.float32:
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+  model = nnx.merge(graphdef, nnx.State(params))
+  hidden, _ = model(tokens, positions=positions, attention_mask=attention_mask)
+  if logprob_chunk is None:
+    logp, _ = upge.token_logprobs(model.logits(hidden), targets, temperature=temperature)
+  else:
+    logp, _ = upge.chunked_token_logprobs(hidden, model.unembedding(), targets, chunk_size=logprob_chunk,
+                                          temperature=temperature)
+  return logp.astype(jnp.float32)
+
+
+class Recompute:
+  """`recompute(params, batch) -> batch` with π_old of every rollout token from a teacher-forced pass.
+
+  Compiled once per batch shape (per length bucket and micro-batch count); the micro-batches run one
+  after the other (`lax.map`), so the peak is one micro-batch's activations, as in the train step.
+
+  Args:
+    model_config: the policy's config.
+    temperature: the loss temperature (π_old must be taken where π_θ is).
+    logprob_chunk: the train step's chunk size (`LossConfig.logprob_chunk`).
+    mesh: the training mesh (parameters by the rules table, rows over data × fsdp), or None.
+  """
+
+  def __init__(self, model_config: ModelConfig, *, temperature: float, logprob_chunk: int | None,
+               mesh: Mesh | None = None):
+    if temperature <= 0:
+      raise ValueError(f"Recompute: temperature must be > 0, got {temperature}")
+    self.model_config = model_config
+    self.temperature = temperature
+    self.logprob_chunk = logprob_chunk
+    self.mesh = mesh
+    self.graphdef = state_lib.model_graphdef(model_config)
+    if mesh is None:
+      self._fn = jax.jit(self._recompute)
+    else:
+      abstract_state, _ = state_lib.abstract_params(model_config)
+      p_shard = mesh_lib.param_shardings(abstract_state, mesh)
+      b_shard = jax.tree.map(lambda n: mesh_lib.batch_sharding(mesh, n), FIELD_NDIMS)
+      self._fn = jax.jit(self._recompute, in_shardings=(p_shard, b_shard), out_shardings=b_shard)
+
+  def __call__(self, params: dict, batch: MicroBatches) -> MicroBatches:
+    """`batch` (placed as the train step takes it) with `old_logp` recomputed on rollout rows and
+    `has_old_logp` set."""
+    if self.mesh is None:
+      return self._fn(params, batch)
+    with jax.set_mesh(self.mesh):
+      return self._fn(params, batch)
+
+  def _recompute(self, params: dict, batch: MicroBatches) -> MicroBatches:
+    def one(mb):
+      tokens, positions, attention_mask, targets = mb
+      return teacher_forced_logprobs(self.model_config, self.graphdef, params, tokens, positions,
+                                     attention_mask, targets, temperature=self.temperature,
+                                     logprob_chunk=self.logprob_chunk)
+
+    logp = jax.lax.map(one, (batch.tokens, batch.positions, batch.attention_mask, batch.targets))
+    rollout = batch.response_mask & ~batch.is_demo[..., None]
+    old_logp = jnp.where(rollout, jax.lax.stop_gradient(logp), batch.old_logp)
+    return batch._replace(old_logp=old_logp, has_old_logp=jnp.ones_like(batch.has_old_logp))
