@@ -2,6 +2,10 @@
 
 It does tokenization, bucketing, left padding, device placement and detokenization only; chat templates
 belong to the data layer, sampling logic to `loop.py`.
+
+Multi-process safe: with a `batch_sharding` spanning several processes, every process calls
+`generate` with the same prompts (a collective), each places only its own devices' rows, and every
+process gets all rows back (`to_host` all-gathers what its devices do not hold).
 """
 
 import dataclasses
@@ -11,6 +15,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from hpt_jax.sampling.loop import DecodeModel, SampleOutput, jit_sample
 from hpt_jax.sampling.strategies import Strategy
@@ -70,6 +75,22 @@ def left_pad(prompts: Sequence[Sequence[int]], *, length: int, pad_id: int) -> t
   return tokens, mask
 
 
+def to_host(x: Any) -> np.ndarray:
+  """The full value of a (possibly multi-process) array as NumPy, on every process.
+
+  A global array whose shards live on other processes' devices cannot be `device_get`; its rows
+  are all-gathered across processes instead (every host needs every row: the trainer keeps one
+  global host-side view of a step, see `hpt_jax.training.distributed`).
+  """
+  if not isinstance(x, jax.Array):
+    return np.asarray(x)
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 @dataclasses.dataclass(frozen=True)
 class Rollouts:
   """Host-side results: `output` holds numpy arrays (see `SampleOutput`); `texts` the decoded
@@ -111,7 +132,11 @@ class Sampler:
     self.tokenizer = tokenizer
 
   def _put(self, x: np.ndarray) -> jax.Array:
-    return jax.device_put(x, self.batch_sharding) if self.batch_sharding is not None else jnp.asarray(x)
+    if self.batch_sharding is None:
+      return jnp.asarray(x)
+    # Every process holds the same global `x` and hands each of its devices that device's slice, so
+    # this works when the sharding spans several processes (no host sends data it does not own).
+    return jax.make_array_from_callback(x.shape, self.batch_sharding, lambda index: x[index])
 
   def generate(self, params: Any, prompts: Sequence[Sequence[int]], *, strategy: Strategy,
                max_new_tokens: int, num_samples: int = 1, seed: int = 0,
@@ -147,12 +172,11 @@ class Sampler:
     tokens, mask = left_pad(padded, length=prompt_len, pad_id=self.pad_id)
     out = jit_sample(
         self.model, params, self._put(tokens), self._put(mask), self._put(ids),
-        seed=jnp.asarray(seed, jnp.int32), eos_ids=jnp.asarray(self.eos_ids, jnp.int32),
-        max_new_tokens=jnp.asarray(max_new_tokens, jnp.int32), strategy=strategy,
+        seed=np.int32(seed), eos_ids=np.asarray(self.eos_ids, np.int32),
+        max_new_tokens=np.int32(max_new_tokens), strategy=strategy,
         num_samples=num_samples, response_len=response_len, pad_id=self.pad_id)
     keep = n_real * num_samples
-    out = jax.tree.map(lambda x: np.asarray(x)[:keep] if np.ndim(x) else np.asarray(x),
-                       jax.device_get(out))
+    out = jax.tree.map(lambda x: x[:keep] if np.ndim(x) else x, jax.tree.map(to_host, out))
     return Rollouts(output=out, texts=self._decode(out) if self.tokenizer is not None else None)
 
   def generate_texts(self, params: Any, texts: Sequence[str], **kwargs) -> Rollouts:

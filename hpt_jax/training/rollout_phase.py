@@ -2,7 +2,8 @@
 
 This is the host side of a training step, before anything is differentiated:
   1. the sampler draws n responses per question (with their log-probs under the sampling policy);
-  2. the reward pool scores them (per-answer timeouts never stall the step);
+  2. the reward pool scores them, each host its own block of answers, gathered back (per-answer
+     timeouts never stall the step);
   3. the rows are chosen by the phase's `RowSource` — HPT's gate per question, all rollouts (pure
      RL baselines), all demonstrations (SFT), or both with the demonstration in its question's
      group (LUFFY, SRFT);
@@ -27,6 +28,7 @@ import numpy as np
 
 from hpt_jax import hybrid
 from hpt_jax import sampling
+from hpt_jax.training import distributed
 from hpt_jax.training.batching import Rows
 from hpt_jax.training.config import RowSource
 from hpt_jax.training.metrics import rollout_metrics
@@ -114,7 +116,12 @@ def collect(*, params: Any, questions: Sequence[Question], source: RowSource,
 
   start = time.perf_counter()
   truths = [x.ground_truth for x in questions for _ in range(num_samples)]
-  scores, timeouts = score_fn(list(rollouts.texts), truths)
+  # Each host scores its own block of the answers; the blocks are gathered in host order, so every
+  # host ends with the same scores a single host would compute.
+  block = distributed.host_block(len(truths))
+  local_scores, local_timeouts = score_fn(list(rollouts.texts[block]), truths[block])
+  scores = distributed.allgather_blocks(np.asarray(local_scores, np.float64))
+  timeouts = int(distributed.allgather_blocks(np.asarray([local_timeouts], np.int64)).sum())
   reward_seconds = time.perf_counter() - start
   scores = np.asarray(scores, np.float64).reshape(q, num_samples)
   correct = scores >= 1.0
