@@ -93,6 +93,12 @@ class DataConfig:
   reward_timeout_s: float = 5.0
 
 
+class GroupFilter(enum.Enum):
+  """DAPO's dynamic sampling: which rollout groups are dropped and replaced by fresh questions."""
+  OFF = "off"  # keep every group
+  EQUAL_REWARDS = "equal_rewards"  # drop groups whose n rewards are all equal (zero advantage)
+
+
 @_section
 class SamplingConfig:
   """Rollouts: n samples per prompt at temperature / top-p / top-k, in static length buckets.
@@ -104,6 +110,10 @@ class SamplingConfig:
     response_buckets: allowed response lengths; the largest must reach data.max_response_length.
     dtype_policy: the sampler's compute dtypes; None = the model's (as training). A different one
       makes the sampler's log-probs another policy's, so π_old is recomputed (`Phase.old_logprobs`).
+    group_filter: DAPO's dynamic sampling (pure RL phases only): drop the groups `group_filter`
+      names and sample fresh questions until the step has `batch.prompts_per_step` groups.
+    max_sampling_tries: at most this many question batches per step (DAPO's max_num_gen_batches);
+      at the cap, the latest dropped groups fill the batch.
   """
   rollouts_per_prompt: int = 8
   temperature: float = 1.0
@@ -112,6 +122,8 @@ class SamplingConfig:
   prompt_buckets: tuple[int, ...] = (256, 512, 1024)
   response_buckets: tuple[int, ...] = (1024, 4096, 8192)
   dtype_policy: DTypePolicy | None = None
+  group_filter: GroupFilter = GroupFilter.OFF
+  max_sampling_tries: int = 10
 
   def model_config(self, model: ModelConfig) -> ModelConfig:
     """The config the sampler computes with: the model's, or `dtype_policy` when set."""
@@ -291,8 +303,13 @@ def with_algorithm(config: TrainConfig, name: str) -> TrainConfig:
     ConfigError: naming `algorithm` and listing the known names when `name` is not in the table.
   """
   loss, rows = baseline(name, width=config.data.max_response_length)
-  return dataclasses.replace(
+  config = dataclasses.replace(
       config, phases=tuple(dataclasses.replace(p, loss=loss, rows=rows) for p in config.phases))
+  if algorithms.parse_algorithm_name(name) is algorithms.AlgorithmName.DAPO:
+    # DAPO = its clipped token-level loss + dynamic sampling of informative groups.
+    config = dataclasses.replace(config, sampling=dataclasses.replace(
+        config.sampling, group_filter=GroupFilter.EQUAL_REWARDS))
+  return config
 
 
 # How the model computes, not what it is: config.json cannot say, so `model.config` keeps them.
@@ -357,7 +374,7 @@ def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
         f"({data.max_response_length}) = {longest} tokens exceed the model's "
         f"max_position_embeddings={model.max_position_embeddings} (raise "
         "model.max_position_embeddings, or shorten the response bucket)")
-  for name in ("rollouts_per_prompt",):
+  for name in ("rollouts_per_prompt", "max_sampling_tries"):
     if getattr(sampling, name) < 1:
       raise ConfigError(f"sampling.{name} must be >= 1, got {getattr(sampling, name)}")
   for name in ("prompts_per_step", "rows_per_optimizer_step", "rows_per_micro_batch"):
@@ -387,6 +404,9 @@ def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
         should_recompute(phase.old_logprobs, phase.policies(model, sampling))
       except ValueError as e:
         raise ConfigError(f"phases.{i}.old_logprobs: {e}") from e
+    if sampling.group_filter is not GroupFilter.OFF and phase.rows not in (RowSource.ROLLOUTS, RowSource.DEMOS):
+      raise ConfigError(f"sampling.group_filter={sampling.group_filter.value} drops rollout groups of pure RL "
+                        f"phases only; phases.{i}.rows is {phase.rows.value}")
     if phase.loss.mode is LossMode.OFFICIAL and batch.rows_per_micro_batch % phase.loss.official_ranks:
       raise ConfigError(f"phases.{i}.loss.official_ranks={phase.loss.official_ranks} does not divide "
                         f"batch.rows_per_micro_batch={batch.rows_per_micro_batch}")

@@ -137,8 +137,15 @@ def _balanced_held_out(path: pathlib.Path, count: int) -> list[bm.Problem]:
   return out
 
 
-def load_training_data(config: TrainConfig, workdir: pathlib.Path) -> TrainingData:
-  """Builds the run's `TrainingData` from `config.data` (a file, or the built-in task)."""
+def load_training_data(config: TrainConfig, workdir: pathlib.Path, *, scorer: Scorer | None = None) -> TrainingData:
+  """Builds the run's `TrainingData` from `config.data` (a file, or the built-in task).
+
+  Args:
+    config: the run.
+    workdir: where the built-in task is written (unless `data.builtin_dir` says otherwise).
+    scorer: rewards of the training rollouts; None scores with the verifier in the reward pool
+      (which validation grades with in any case).
+  """
   from hpt_jax.data.tokenizer import load_tokenizer
   from hpt_jax.rewards.pool import RewardPool
 
@@ -168,5 +175,5 @@ def load_training_data(config: TrainConfig, workdir: pathlib.Path) -> TrainingDa
   pool.start()
   return TrainingData(dataset=dataset, tokenizer=tokenizer, tokenizer_dir=pathlib.Path(tokenizer_dir),
                       template=cfg.template, batch_size=config.batch.prompts_per_step,
-                      shuffle_seed=cfg.shuffle_seed, scorer=pool_scorer(pool), held_out=held_out,
+                      shuffle_seed=cfg.shuffle_seed, scorer=scorer or pool_scorer(pool), held_out=held_out,
                       reward_pool=pool, close=pool.close)

@@ -41,7 +41,7 @@ from hpt_jax.training import distributed
 from hpt_jax.training import rollout_phase
 from hpt_jax.training.batching import MicroBatches, PackConfig, Rows, pack
 from hpt_jax.training.checkpoint import BestTracker, Checkpointer
-from hpt_jax.training.config import RowSource, TrainConfig, validate
+from hpt_jax.training.config import GroupFilter, RowSource, TrainConfig, validate
 from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training.batching import FIELD_NDIMS
 from hpt_jax.training.data_source import TrainingData
@@ -216,6 +216,15 @@ class _Run:
     hf_io.save_pretrained(model, path, tokenizer_dir=self.data.tokenizer_dir)
     return path
 
+  def dynamic_sampling(self, phase) -> rollout_phase.DynamicSampling | None:
+    """DAPO's group filter for a pure RL phase (refills draw the next questions in data order)."""
+    sampling_config = self.config.sampling
+    if sampling_config.group_filter is GroupFilter.OFF or phase.rows is not RowSource.ROLLOUTS:
+      return None
+    return rollout_phase.DynamicSampling(group_filter=sampling_config.group_filter,
+                                         max_tries=sampling_config.max_sampling_tries,
+                                         next_questions=self.data.next_batch)
+
   def update_batches(self, state: TrainState, rows: Rows, advantages: np.ndarray,
                      phase_index: int) -> tuple[list[MicroBatches], int, int]:
     """The step's mini-batches, packed and placed on the mesh, with their π_old.
@@ -253,7 +262,8 @@ class _Run:
           sampler=self.sampler, strategy=self.strategy,
           num_samples=config.sampling.rollouts_per_prompt,
           max_new_tokens=config.data.max_response_length, seed=step_seed(config.seed, step),
-          score_fn=self.data.score, gate=self.gate, gate_state=state.gate_state)
+          score_fn=self.data.score, gate=self.gate, gate_state=state.gate_state,
+          dynamic=self.dynamic_sampling(phase))
     state = state._replace(gate_state=experience.gate_state)
     rows = experience.rows
     advantages = step_advantages(phase.loss.advantage, rows)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from hpt_jax import hybrid
 from hpt_jax import sampling
 from hpt_jax.training import distributed
 from hpt_jax.training.batching import Rows
-from hpt_jax.training.config import RowSource
+from hpt_jax.training.config import GroupFilter, RowSource
 from hpt_jax.training.metrics import rollout_metrics
 
 
@@ -72,10 +72,132 @@ def _fixed_decision(source: RowSource, q: int, demo_weight: float) -> hybrid.Gat
       demo_off_policy_weight=ones if source is RowSource.ROLLOUTS_AND_DEMOS else zeros)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DynamicSampling:
+  """Keep sampling until the step has `target` informative groups, or `max_tries` batches were drawn.
+
+  Attributes:
+    group_filter: which groups to drop.
+    max_tries: cap on the question batches sampled per step (1 = no refill); when it is reached,
+      the latest dropped groups fill the rest of the batch (they add no policy gradient), so the
+      step always has the configured number of questions.
+    next_questions: draws the next batch of questions (the same on every host).
+  """
+  group_filter: GroupFilter
+  max_tries: int
+  next_questions: Callable[[], list[Question]]
+
+
+def try_seed(seed: int, attempt: int) -> int:
+  """The sampling seed of refill `attempt` of a step whose seed is `seed` (attempt 0 keeps it)."""
+  if attempt == 0:
+    return seed
+  return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sampled:
+  """Rollouts of Q questions: per-question arrays [Q, n(, T)] and the seconds spent."""
+  questions: list[Question]
+  tokens: np.ndarray
+  logp: np.ndarray
+  lengths: np.ndarray
+  truncated: np.ndarray
+  scores: np.ndarray
+  timeouts: int
+  sample_seconds: float
+  reward_seconds: float
+  generated_tokens: int  # tokens sampled for the whole batch (kept by `take`: a cost, not a row count)
+
+  def take(self, keep: np.ndarray) -> _Sampled:
+    return dataclasses.replace(self, questions=[self.questions[i] for i in keep], tokens=self.tokens[keep],
+                               logp=self.logp[keep], lengths=self.lengths[keep],
+                               truncated=self.truncated[keep], scores=self.scores[keep])
+
+  @staticmethod
+  def concat(parts: Sequence[_Sampled]) -> _Sampled:
+    cat = lambda name: np.concatenate([getattr(x, name) for x in parts])
+    return _Sampled(questions=[q for x in parts for q in x.questions], tokens=cat("tokens"), logp=cat("logp"),
+                    lengths=cat("lengths"), truncated=cat("truncated"), scores=cat("scores"),
+                    timeouts=sum(x.timeouts for x in parts), sample_seconds=sum(x.sample_seconds for x in parts),
+                    reward_seconds=sum(x.reward_seconds for x in parts),
+                    generated_tokens=sum(x.generated_tokens for x in parts))
+
+
+def _sample_and_score(*, params, questions, sampler, strategy, num_samples, max_new_tokens, seed,
+                      score_fn) -> _Sampled:
+  q = len(questions)
+  prompts = [np.asarray(x.prompt, np.int32) for x in questions]
+  start = time.perf_counter()
+  rollouts = sampler.generate(params, prompts, strategy=strategy, max_new_tokens=max_new_tokens,
+                              num_samples=num_samples, seed=seed,
+                              prompt_ids=[x.index for x in questions])
+  sample_seconds = time.perf_counter() - start
+  out = rollouts.output
+
+  start = time.perf_counter()
+  truths = [x.ground_truth for x in questions for _ in range(num_samples)]
+  # Each host scores its own block of the answers; the blocks are gathered in host order, so every
+  # host ends with the same scores a single host would compute.
+  block = distributed.host_block(len(truths))
+  local_scores, local_timeouts = score_fn(list(rollouts.texts[block]), truths[block])
+  scores = distributed.allgather_blocks(np.asarray(local_scores, np.float64))
+  timeouts = int(distributed.allgather_blocks(np.asarray([local_timeouts], np.int64)).sum())
+  reward_seconds = time.perf_counter() - start
+  return _Sampled(
+      questions=list(questions), tokens=np.asarray(out.tokens).reshape(q, num_samples, -1),
+      logp=np.asarray(out.logprobs).reshape(q, num_samples, -1),
+      lengths=np.asarray(out.lengths).reshape(q, num_samples),
+      truncated=np.asarray(out.finish_reason).reshape(q, num_samples) == int(sampling.FinishReason.LENGTH),
+      scores=np.asarray(scores, np.float64).reshape(q, num_samples), timeouts=timeouts,
+      sample_seconds=sample_seconds, reward_seconds=reward_seconds,
+      generated_tokens=int(np.asarray(out.lengths).sum()))
+
+
+def _informative(scores: np.ndarray, group_filter: GroupFilter) -> np.ndarray:
+  """[Q] bool: the groups `group_filter` keeps (scores: [Q, n])."""
+  if group_filter is GroupFilter.OFF:
+    return np.ones(scores.shape[0], bool)
+  return np.any(scores != scores[:, :1], axis=1)
+
+
+def _dynamic_sample(first: list[Question], dynamic: DynamicSampling, seed: int, **kwargs
+                    ) -> tuple[_Sampled, dict[str, float]]:
+  """DAPO's loop: sample, drop uninformative groups, refill with new questions until full or capped."""
+  target = len(first)
+  kept, dropped, tried, questions = [], [], [], first
+  while True:
+    batch = _sample_and_score(questions=questions, seed=try_seed(seed, len(tried)), **kwargs)
+    tried.append(batch)
+    tries = len(tried)
+    good = _informative(batch.scores, dynamic.group_filter)
+    kept.append(batch.take(np.flatnonzero(good)))
+    dropped.append(batch.take(np.flatnonzero(~good)))
+    num_kept = sum(len(x.questions) for x in kept)
+    if num_kept >= target or tries >= dynamic.max_tries:
+      break
+    questions = dynamic.next_questions()
+  merged = _Sampled.concat(kept)
+  if num_kept < target:
+    # At the cap: the latest dropped groups fill the batch (zero advantage, no policy gradient).
+    filler = _Sampled.concat(dropped[::-1])
+    merged = _Sampled.concat([merged, filler.take(np.arange(target - num_kept))])
+  merged = merged.take(np.arange(target))
+  metrics = {"sampling/tries": float(tries), "sampling/kept_groups": float(min(num_kept, target)),
+             "sampling/dropped_groups": float(sum(len(x.questions) for x in dropped))}
+  # Costs count every try, dropped groups included.
+  merged = dataclasses.replace(
+      merged, timeouts=sum(x.timeouts for x in tried), sample_seconds=sum(x.sample_seconds for x in tried),
+      reward_seconds=sum(x.reward_seconds for x in tried),
+      generated_tokens=sum(x.generated_tokens for x in tried))
+  return merged, metrics
+
+
 def collect(*, params: Any, questions: Sequence[Question], source: RowSource,
             sampler: sampling.Sampler | None, strategy: sampling.Strategy | None,
             num_samples: int, max_new_tokens: int, seed: int, score_fn,
-            gate: hybrid.GateTransform | None, gate_state: hybrid.GateState | None) -> Experience:
+            gate: hybrid.GateTransform | None, gate_state: hybrid.GateState | None,
+            dynamic: DynamicSampling | None = None) -> Experience:
   """Builds the rows of one step.
 
   Args:
@@ -89,14 +211,15 @@ def collect(*, params: Any, questions: Sequence[Question], source: RowSource,
     score_fn: `(responses: list[str], ground_truths: list) -> (scores [Q·n] float, timeouts int)`.
     gate: HPT's gate transform (GATE only).
     gate_state: its state before this step (GATE only).
+    dynamic: DAPO's dynamic sampling (ROLLOUTS only); None keeps every group of `questions`.
 
   Returns:
     The `Experience`; `gate_state` is the updated state (unchanged for other sources).
   """
   q = len(questions)
-  prompts = [np.asarray(x.prompt, np.int32) for x in questions]
-  demos = [None if x.demo is None else np.asarray(x.demo, np.int32) for x in questions]
   if source is RowSource.DEMOS:
+    prompts = [np.asarray(x.prompt, np.int32) for x in questions]
+    demos = [None if x.demo is None else np.asarray(x.demo, np.int32) for x in questions]
     decision = _fixed_decision(source, q, 1.0)
     rows = hybrid.route(decision, prompts=prompts, rollouts=[[] for _ in range(q)],
                         rollout_rewards=[np.zeros((0,)) for _ in range(q)], demos=demos)
@@ -104,26 +227,18 @@ def collect(*, params: Any, questions: Sequence[Question], source: RowSource,
                "gate/sft_rows": float(rows.num_rows), "gate/rl_rows": 0.0}
     return Experience(rows=rows, gate_state=gate_state, metrics=metrics, sampled_tokens=0)
 
-  start = time.perf_counter()
-  rollouts = sampler.generate(params, prompts, strategy=strategy, max_new_tokens=max_new_tokens,
-                              num_samples=num_samples, seed=seed,
-                              prompt_ids=[x.index for x in questions])
-  sample_seconds = time.perf_counter() - start
-  out = rollouts.output
-  lengths = np.asarray(out.lengths).reshape(q, num_samples)
-  tokens = np.asarray(out.tokens).reshape(q, num_samples, -1)
-  logp = np.asarray(out.logprobs).reshape(q, num_samples, -1)
-
-  start = time.perf_counter()
-  truths = [x.ground_truth for x in questions for _ in range(num_samples)]
-  # Each host scores its own block of the answers; the blocks are gathered in host order, so every
-  # host ends with the same scores a single host would compute.
-  block = distributed.host_block(len(truths))
-  local_scores, local_timeouts = score_fn(list(rollouts.texts[block]), truths[block])
-  scores = distributed.allgather_blocks(np.asarray(local_scores, np.float64))
-  timeouts = int(distributed.allgather_blocks(np.asarray([local_timeouts], np.int64)).sum())
-  reward_seconds = time.perf_counter() - start
-  scores = np.asarray(scores, np.float64).reshape(q, num_samples)
+  kwargs = dict(params=params, sampler=sampler, strategy=strategy, num_samples=num_samples,
+                max_new_tokens=max_new_tokens, score_fn=score_fn)
+  if dynamic is None or dynamic.group_filter is GroupFilter.OFF:
+    sampled, extra = _sample_and_score(questions=questions, seed=seed, **kwargs), {}
+  else:
+    if source is not RowSource.ROLLOUTS:
+      raise ValueError(f"dynamic sampling filters rollout groups of pure RL steps; source is {source.value}")
+    sampled, extra = _dynamic_sample(list(questions), dynamic, seed, **kwargs)
+  questions = sampled.questions
+  prompts = [np.asarray(x.prompt, np.int32) for x in questions]
+  demos = [None if x.demo is None else np.asarray(x.demo, np.int32) for x in questions]
+  lengths, tokens, logp, scores = sampled.lengths, sampled.tokens, sampled.logp, sampled.scores
   correct = scores >= 1.0
 
   if source is RowSource.GATE:
@@ -139,12 +254,11 @@ def collect(*, params: Any, questions: Sequence[Question], source: RowSource,
                       demo_joins_group=source is RowSource.ROLLOUTS_AND_DEMOS)
   num_demo = int(rows.is_demo.sum())
   metrics = rollout_metrics(
-      rewards=scores, correct=correct, response_lengths=lengths,
-      truncated=np.asarray(out.finish_reason).reshape(q, num_samples) == int(sampling.FinishReason.LENGTH),
+      rewards=scores, correct=correct, response_lengths=lengths, truncated=sampled.truncated,
       to_sft=decision.add_demo, num_rl_rows=rows.num_rows - num_demo, num_sft_rows=num_demo,
-      timeouts=timeouts)
-  sampled = int(lengths.sum())
-  metrics["perf/sampling_seconds"] = sample_seconds
-  metrics["perf/sampling_tokens_per_s"] = sampled / max(sample_seconds, 1e-9)
-  metrics["perf/reward_seconds"] = reward_seconds
-  return Experience(rows=rows, gate_state=gate_state, metrics=metrics, sampled_tokens=sampled)
+      timeouts=sampled.timeouts)
+  metrics |= extra
+  metrics["perf/sampling_seconds"] = sampled.sample_seconds
+  metrics["perf/sampling_tokens_per_s"] = sampled.generated_tokens / max(sampled.sample_seconds, 1e-9)
+  metrics["perf/reward_seconds"] = sampled.reward_seconds
+  return Experience(rows=rows, gate_state=gate_state, metrics=metrics, sampled_tokens=sampled.generated_tokens)
