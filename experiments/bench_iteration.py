@@ -34,6 +34,11 @@ one-off compilation of the train step, which such a run skips.
   python experiments/bench_iteration.py --no-scaling --warm-cache --iters 3   # ours vs trl (+ hpt row)
   python experiments/bench_iteration.py --only-scaling --iters 2 --scaling-iters 2
   python experiments/bench_iteration.py --smoke          # a minuscule version for CI
+
+Speed is compared INTERLEAVED: one process runs our iteration and trl's in turn (ours, trl, ours, ...),
+so both see the same machine load (a shared box's load swings more than the ratio being measured);
+the separate-process runs give each side's peak RSS. `--cpu-devices 2` splits our batch rows over two
+XLA host devices (mesh.data = 2), one thread each.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class Workload:
   micro_rows: int = 32
   iters: int = 4  # the first (compile) one included
   algorithm: str = "grpo"  # "grpo" (trl's workload) or "hpt" (the gate + HPT's loss)
+  cpu_devices: int = 1  # ours: XLA host devices, batch rows split over them (mesh.data)
+  logprob_chunk: int = 0  # ours: positions per log-prob chunk in the train step; 0 = full logits
 
   @property
   def rows(self) -> int:
@@ -146,7 +153,9 @@ def our_config(w: Workload, paths: dict[str, str]):
   from hpt_jax.training import config as c
 
   loss, rows = c.baseline(w.algorithm, width=w.new_tokens)
+  loss = dataclasses.replace(loss, logprob_chunk=w.logprob_chunk or None)
   return c.TrainConfig(
+      mesh=c.MeshConfig(data=w.cpu_devices),
       model=c.ModelSource(hf_dir=pathlib.Path(paths["hf_dir"])),
       data=c.DataConfig(builtin_problems=_PROBLEMS, builtin_levels=(1,),
                         builtin_dir=pathlib.Path(paths["builtin_dir"]), max_prompt_length=w.prompt_len,
@@ -164,65 +173,98 @@ def our_config(w: Workload, paths: dict[str, str]):
   )
 
 
+class OursSession:
+  """Our loop's objects for one workload, stepped one iteration at a time (alone or between trl's)."""
+
+  def __init__(self, w: Workload, paths: dict[str, str]):
+    import jax
+
+    from hpt_jax.training import loop
+
+    if paths.get("compilation_cache"):
+      # A persistent compilation cache, as a resumed or repeated run would have: programs are loaded,
+      # not compiled (the compile events still fire, so the recompilation count is unaffected).
+      jax.config.update("jax_compilation_cache_dir", paths["compilation_cache"])
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+      jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    self.w = w
+    t, cpu = time.perf_counter(), _cpu_seconds()
+    self.counter = CompileCounter()
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench_ours_"))
+    self.run = loop._Run(our_config(w, paths), workdir, None)  # the loop's own objects, built once
+    self.stages = {"built": _peak_rss_mib()}
+    self.state = self.run.initial_state()
+    jax.block_until_ready(self.state.params)
+    self.stages["state"] = _peak_rss_mib()
+    self.build = {"seconds": time.perf_counter() - t, "cpu_seconds": _cpu_seconds() - cpu}
+    self.iters: list[dict] = []
+    self.compiles_after_first: list[str] = []
+
+  def iterate(self) -> dict:
+    """One full iteration (the loop's `one_step`); returns its figures."""
+    import jax
+
+    step = len(self.iters)
+    before = len(self.counter.names)
+    t, cpu = time.perf_counter(), _cpu_seconds()
+    self.state, m = self.run.one_step(self.state, step)
+    jax.block_until_ready(self.state.params)
+    total = time.perf_counter() - t
+    self.iters.append({
+        "seconds": total, "cpu_seconds": _cpu_seconds() - cpu, "sampling": m["perf/sampling_seconds"],
+        "reward": m["perf/reward_seconds"], "update": m["perf/training_seconds"],
+        "host": total - m["perf/sampling_seconds"] - m["perf/reward_seconds"] - m["perf/training_seconds"],
+        "generated_tokens": m["response/length_mean"] * self.w.rows,
+        "rows": m["gate/rl_rows"] + m["gate/sft_rows"], "loss": m["train/loss"]})
+    if step > 0:
+      self.compiles_after_first += self.counter.names[before:]
+    self.stages[f"iter{step}"] = _peak_rss_mib()
+    return self.iters[-1]
+
+  def close(self) -> None:
+    self.run.data.close()
+    self.run.writer.close()
+    self.run.checkpointer.close()
+
+  def result(self) -> dict:
+    import jax
+
+    iters, names = self.iters, self.counter.names
+    warm = iters[1:] or iters  # a one-iteration run (filling a compilation cache) has no warm figure
+    med = lambda k: statistics.median(x[k] for x in warm)
+    return {
+        "side": "ours", "algorithm": self.w.algorithm, "workload": dataclasses.asdict(self.w),
+        "device": f"{jax.devices()[0].platform} x{jax.device_count()}",
+        "build_seconds": self.build["seconds"], "build_cpu_seconds": self.build["cpu_seconds"],
+        "first_seconds": iters[0]["seconds"], "first_cpu_seconds": iters[0]["cpu_seconds"],
+        "warm_seconds": med("seconds"),
+        "warm_all": [x["seconds"] for x in warm], "warm_cpu_seconds": med("cpu_seconds"),
+        "warm_cpu_all": [x["cpu_seconds"] for x in warm],
+        "split": {k: med(k) for k in ("sampling", "reward", "update", "host")} | {"old_logprobs": 0.0},
+        "generated_tokens": med("generated_tokens"), "train_rows": med("rows"),
+        "compiles_first": len(names) - len(self.compiles_after_first),
+        "compiles_after_first": len(self.compiles_after_first),
+        "recompiled": sorted(set(self.compiles_after_first)),
+        "compiled_in_first": sorted(set(names) - set(self.compiles_after_first)),
+        "peak_rss_mib": _peak_rss_mib(), "peak_rss_by_stage": self.stages,
+    }
+
+
 def run_ours(w: Workload, paths: dict[str, str]) -> dict:
-  import jax
-
-  from hpt_jax.training import loop
-
-  if paths.get("compilation_cache"):
-    # A persistent compilation cache, as a resumed or repeated run would have: programs are loaded,
-    # not compiled (the compile events still fire, so the recompilation count is unaffected).
-    jax.config.update("jax_compilation_cache_dir", paths["compilation_cache"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  counter = CompileCounter()
-  workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench_ours_"))
-  run = loop._Run(our_config(w, paths), workdir, None)  # the loop's own objects, built once
-  stages = {"built": _peak_rss_mib()}
+  session = OursSession(w, paths)
   try:
-    state = run.initial_state()
-    jax.block_until_ready(state.params)
-    stages["state"] = _peak_rss_mib()
-    iters = []
-    compiles_after_first = []
-    for step in range(w.iters):
-      before = len(counter.names)
-      t, cpu = time.perf_counter(), _cpu_seconds()
-      state, m = run.one_step(state, step)
-      jax.block_until_ready(state.params)
-      total = time.perf_counter() - t
-      iters.append({
-          "seconds": total, "cpu_seconds": _cpu_seconds() - cpu, "sampling": m["perf/sampling_seconds"], "reward": m["perf/reward_seconds"],
-          "update": m["perf/training_seconds"],
-          "host": total - m["perf/sampling_seconds"] - m["perf/reward_seconds"] - m["perf/training_seconds"],
-          "generated_tokens": m["response/length_mean"] * w.rows,
-          "rows": m["gate/rl_rows"] + m["gate/sft_rows"], "loss": m["train/loss"]})
-      if step > 0:
-        compiles_after_first += counter.names[before:]
-      stages[f"iter{step}"] = _peak_rss_mib()
+    for _ in range(w.iters):
+      session.iterate()
   finally:
-    run.data.close()
-    run.writer.close()
-    run.checkpointer.close()
-  warm = iters[1:] or iters  # a one-iteration run (filling a compilation cache) has no warm figure
-  med = lambda k: statistics.median(x[k] for x in warm)
-  return {
-      "side": "ours", "algorithm": w.algorithm, "workload": dataclasses.asdict(w),
-      "device": f"{jax.devices()[0].platform} x{jax.device_count()}",
-      "first_seconds": iters[0]["seconds"], "warm_seconds": med("seconds"),
-      "warm_all": [x["seconds"] for x in warm], "warm_cpu_seconds": med("cpu_seconds"),
-      "split": {k: med(k) for k in ("sampling", "reward", "update", "host")} | {"old_logprobs": 0.0},
-      "generated_tokens": med("generated_tokens"), "train_rows": med("rows"),
-      "compiles_first": len(counter.names) - len(compiles_after_first),
-      "compiles_after_first": len(compiles_after_first), "recompiled": sorted(set(compiles_after_first)),
-      "compiled_in_first": sorted(set(counter.names) - set(compiles_after_first)),
-      "peak_rss_mib": _peak_rss_mib(), "peak_rss_by_stage": stages,
-  }
+    session.close()
+  return session.result()
 
 
 # ------------------------------------------------------------------------------------------------- trl
 
-def run_trl(w: Workload, paths: dict[str, str]) -> dict:
+def run_trl(w: Workload, paths: dict[str, str], *, between=None) -> dict:
+  """trl's GRPOTrainer on the workload; `between()`, if given, runs after each trl iteration and its
+  time is excluded from trl's figures (the interleaved comparison runs our iterations there)."""
   import datasets
   import torch
   import transformers
@@ -256,17 +298,23 @@ def run_trl(w: Workload, paths: dict[str, str]) -> dict:
     spent["reward"].append(time.perf_counter() - t)
     return [float(s) for s in scores]
 
-  marks: dict[str, list[float]] = {"end": []}
+  marks: dict[str, list[float]] = {"start": [], "end": [], "cpu_start": [], "cpu_end": []}
   lengths: list[float] = []
 
   class Clock(transformers.TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
-      marks["begin"] = [time.perf_counter()]
-      marks["cpu"] = [_cpu_seconds()]
+      marks["start"].append(time.perf_counter())
+      marks["cpu_start"].append(_cpu_seconds())
 
     def on_step_end(self, args, state, control, **kwargs):
+      # trl generates the next step's rollouts at the start of that step, so an iteration runs from
+      # here (or the training start) to the next step end.
       marks["end"].append(time.perf_counter())
-      marks["cpu"].append(_cpu_seconds())
+      marks["cpu_end"].append(_cpu_seconds())
+      if between is not None and state.global_step < args.max_steps:  # none after the last one
+        between()
+      marks["start"].append(time.perf_counter())
+      marks["cpu_start"].append(_cpu_seconds())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
       if logs and "completions/mean_length" in logs:
@@ -297,14 +345,13 @@ def run_trl(w: Workload, paths: dict[str, str]) -> dict:
     trainer.train()
   finally:
     pool.close()
-  ends = marks["begin"] + marks["end"]
-  per_iter = [b - a for a, b in zip(ends[:-1], ends[1:])]
-  per_iter_cpu = [b - a for a, b in zip(marks["cpu"][:-1], marks["cpu"][1:])]
+  per_iter = [b - a for a, b in zip(marks["start"], marks["end"])]
+  per_iter_cpu = [b - a for a, b in zip(marks["cpu_start"], marks["cpu_end"])]
   return {
       "side": "trl", "algorithm": "grpo", "workload": dataclasses.asdict(w),
       "device": f"torch cpu, {torch.get_num_threads()} threads", "trl_version": trl.__version__,
       "first_seconds": per_iter[0], "warm_seconds": statistics.median(per_iter[1:]), "warm_all": per_iter[1:],
-      "warm_cpu_seconds": statistics.median(per_iter_cpu[1:]),
+      "warm_cpu_seconds": statistics.median(per_iter_cpu[1:]), "warm_cpu_all": per_iter_cpu[1:],
       "generated_tokens": statistics.median(lengths[1:] or lengths) * w.rows if lengths else float("nan"),
       "split": {"sampling": statistics.median(spent["generate"][1:]),
                 "reward": statistics.median(spent["reward"][1:]),
@@ -314,25 +361,76 @@ def run_trl(w: Workload, paths: dict[str, str]) -> dict:
   }
 
 
+def run_interleaved(w: Workload, paths: dict[str, str]) -> dict:
+  """Ours and trl in ONE process, one iteration each in turn (ours, trl, ours, trl, ...), so both see
+  the same machine load; each side's wall and CPU seconds are taken over its own iterations only.
+  Peak memory is not separable here: the separate-process runs give it."""
+  ours = OursSession(w, paths)
+  try:
+    ours.iterate()  # our compilation, before trl's first (lazy-initialisation) iteration
+    theirs = run_trl(w, paths, between=ours.iterate)
+  finally:
+    ours.close()
+  mine = ours.result()
+  pairs = list(zip(mine["warm_all"], theirs["warm_all"]))
+  cpu_pairs = list(zip(mine["warm_cpu_all"], theirs["warm_cpu_all"]))
+  return {"side": "interleaved", "ours": mine, "trl": theirs,
+          "wall_ratios": [t / o for o, t in pairs], "cpu_ratios": [t / o for o, t in cpu_pairs]}
+
+
 # ---------------------------------------------------------------------------------------------- driver
 
-def _worker_main(side: str, workload: str, paths: str) -> None:
-  w = Workload(**json.loads(workload))
+def _worker_main(jobs: str, paths: str) -> None:
   p = json.loads(paths)
-  _emit(run_ours(w, p) if side == "ours" else run_trl(w, p))
+  for side, item in json.loads(jobs):
+    w = Workload(**item)
+    result = {"ours": run_ours, "trl": run_trl, "interleaved": run_interleaved}[side](w, p)
+    # What the process holds besides the run (a torch import alone is ~190 MB of RSS).
+    _emit(result | {"torch_imported": "torch" in sys.modules})
+
+
+Job = tuple[str, Workload]  # ("ours" | "trl" | "interleaved", workload)
+
+
+def run_workers(jobs: list[Job], paths: dict[str, str], *, timeout: float) -> list[dict]:
+  """Runs measurements one after another in ONE fresh interpreter and returns their results.
+
+  A process of its own gives a measurement its own peak RSS (a later job in the same process cannot
+  change an earlier job's figure, which is taken when it ends). Jobs in one process share the
+  interpreter start, imports and every compiled program with the same shapes (the loop caches its
+  train step), which is what the smoke run uses. They must agree on `cpu_devices`, fixed when the
+  process starts JAX.
+  """
+  devices = {w.cpu_devices for _, w in jobs}
+  if len(devices) != 1:
+    raise ValueError(f"jobs in one worker must share cpu_devices, got {sorted(devices)}")
+  for side, w in jobs:
+    print(f"running {side} {dataclasses.asdict(w)}", file=sys.stderr, flush=True)
+  env = dict(os.environ)
+  # Several XLA host devices: each runs its shard of the batch on its own thread (XLA:CPU runs most
+  # of a small model's ops single-threaded, so one device leaves the second core idle).
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+  env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices.pop()}"])
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(
+      [(side, dataclasses.asdict(w)) for side, w in jobs]), "--paths", json.dumps(paths)]
+  import resource
+  t, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * len(jobs), env=env)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  # The whole worker, its start, imports and compilation included (the reward pool's processes too).
+  print(f"worker ({', '.join(side for side, _ in jobs)}): {time.perf_counter() - t:.1f} s wall, "
+        f"{after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime:.1f} s CPU", file=sys.stderr, flush=True)
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_PREFIX)]
+  for ln in lines:
+    print(ln, file=sys.stderr, flush=True)  # every result is kept even if a later run fails
+  if proc.returncode != 0 or len(lines) != len(jobs):
+    raise RuntimeError(f"worker failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+  return [json.loads(ln[len(_PREFIX):]) for ln in lines]
 
 
 def run_worker(side: str, w: Workload, paths: dict[str, str], *, timeout: float) -> dict:
-  """Runs one measurement in a fresh interpreter (its own peak RSS) and returns its result."""
-  print(f"running {side} {dataclasses.asdict(w)}", file=sys.stderr, flush=True)
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--workload",
-         json.dumps(dataclasses.asdict(w)), "--paths", json.dumps(paths)]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_PREFIX)]
-  if proc.returncode != 0 or not lines:
-    raise RuntimeError(f"{side} worker failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-  print(lines[-1], file=sys.stderr, flush=True)  # every result is kept even if a later run fails
-  return json.loads(lines[-1][len(_PREFIX):])
+  """One measurement in a fresh interpreter (its own peak RSS)."""
+  return run_workers([(side, w)], paths, timeout=timeout)[0]
 
 
 def _fmt_split(split: dict) -> str:
@@ -350,7 +448,8 @@ def report(results: dict) -> None:
         f"{ours['first_seconds']:.1f} s; "
         f"{ours['generated_tokens']:.0f} tokens generated; peak RSS {ours['peak_rss_mib']:.0f} MiB")
   print(f"  split: {_fmt_split(ours['split'])}")
-  print(f"  peak RSS after each stage (MiB): {ours['peak_rss_by_stage']}")
+  print(f"  peak RSS after each stage (MiB): {ours['peak_rss_by_stage']}; torch imported: "
+        f"{ours.get('torch_imported')}; log-prob chunk: {w.get('logprob_chunk') or 'none (full logits)'}")
   print(f"  compilations: {ours['compiles_first']} in the first iteration, {ours['compiles_after_first']} "
         f"after it {ours['recompiled'] or ''}")
   if hpt is not None:
@@ -369,10 +468,23 @@ def report(results: dict) -> None:
           f"{theirs['generated_tokens']:.0f} tokens generated; peak RSS {theirs['peak_rss_mib']:.0f} MiB "
           f"(prompt token mismatches: {theirs['prompt_token_mismatches']})")
     print(f"  split: {_fmt_split(theirs['split'])}")
-    print(f"speed-up ours/trl: {theirs['warm_seconds'] / ours['warm_seconds']:.2f}x wall-clock, "
+    print(f"separate processes, ours/trl: {theirs['warm_seconds'] / ours['warm_seconds']:.2f}x wall-clock, "
           f"{theirs['warm_cpu_seconds'] / ours['warm_cpu_seconds']:.2f}x in process CPU seconds "
           f"(ours {ours['warm_cpu_seconds']:.1f}, trl {theirs['warm_cpu_seconds']:.1f} per iteration); "
-          f"peak memory ours/trl: {ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}")
+          f"peak memory ours/trl: {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} MiB = "
+          f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}")
+  inter = results.get("interleaved")
+  if inter is not None:
+    o, t = inter["ours"], inter["trl"]
+    print(f"interleaved in one process (ours, trl, ours, trl, ...; the same load for both): ours warm "
+          f"{o['warm_seconds']:.2f} s/iter {[round(x, 2) for x in o['warm_all']]} (CPU {o['warm_cpu_seconds']:.1f} s; "
+          f"split: {_fmt_split(o['split'])}), trl warm {t['warm_seconds']:.2f} s/iter "
+          f"{[round(x, 2) for x in t['warm_all']]} (CPU {t['warm_cpu_seconds']:.1f} s; split: {_fmt_split(t['split'])})")
+    print(f"speed-up ours/trl (interleaved, median of per-iteration ratios): "
+          f"{statistics.median(inter['wall_ratios']):.2f}x wall-clock {[round(x, 2) for x in inter['wall_ratios']]}, "
+          f"{statistics.median(inter['cpu_ratios']):.2f}x in process CPU seconds "
+          f"{[round(x, 2) for x in inter['cpu_ratios']]}; compilations after our first iteration: "
+          f"{o['compiles_after_first']}")
   for name in ("tokens", "rollouts"):
     rows = results.get(f"scaling_{name}")
     if not rows:
@@ -398,47 +510,70 @@ def main():
   parser.add_argument("--scaling-iters", type=int, default=3, help="iterations per scaling point")
   parser.add_argument("--warm-cache", action="store_true",
                       help="also run ours with a warm persistent compilation cache (a resumed run's start)")
+  parser.add_argument("--cpu-devices", type=int, default=1,
+                      help="ours: XLA host devices (mesh.data); 2 uses both cores of a 2-core machine")
+  parser.add_argument("--logprob-chunk", type=int, default=0,
+                      help="ours: log-prob chunk of the train step (0 = full logits, right for a 512 vocab)")
   parser.add_argument("--json", type=pathlib.Path, help="also write all results here")
-  parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
-  parser.add_argument("--workload", help=argparse.SUPPRESS)
+  parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON list of jobs
   parser.add_argument("--paths", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
-    _worker_main(args.worker, args.workload, args.paths)
+    _worker_main(args.worker, args.paths)
     return
 
   if args.smoke:
-    base = Workload(prompts=2, rollouts=2, new_tokens=8, micro_rows=2, iters=2)
+    # Every part runs (ours, trl, a second scaling point) on a minuscule model and workload; the
+    # time goes to interpreter starts, imports and compilation, not to the workload.
+    base = Workload(prompts=2, rollouts=2, prompt_len=32, new_tokens=4, micro_rows=2, iters=2,
+                    cpu_devices=args.cpu_devices, logprob_chunk=args.logprob_chunk)
     size, timeout = SMOKE_MODEL, 600
-    token_sweep, rollout_sweep = (8, 16), ()
+    token_sweep, rollout_sweep = (4,), ()  # the base point only: another would compile everything again
     args.no_hpt = True  # the gate path is covered by the loop's tests; keep CI short
+    # Compilation is most of the smoke run's time, and its programs' speed does not matter.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                               " --xla_llvm_disable_expensive_passes=true").strip()
   else:
-    base = Workload(iters=args.iters)
+    base = Workload(iters=args.iters, cpu_devices=args.cpu_devices, logprob_chunk=args.logprob_chunk)
     size, timeout = ModelSize(), 1800
     token_sweep, rollout_sweep = (64, 128, 256, 512), (4, 8, 16)
   root = pathlib.Path(tempfile.mkdtemp(prefix="bench_iteration_"))
+  t = time.perf_counter()
   paths = prepare(root, size)
+  print(f"prepared the task and model in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
   results = {"load_before": round(os.getloadavg()[0], 1)}
   if args.only_scaling:
     args.no_trl = args.no_hpt = True
-  results["ours"] = run_worker("ours", base, paths, timeout=timeout)
+  # The scaling points run in the base measurement's process, after it: the base's peak RSS is
+  # taken before they start, and they share its interpreter start, imports and reward pool.
+  todo = []
+  if not args.no_scaling:
+    short = dataclasses.replace(base, iters=min(base.iters, args.scaling_iters))
+    points = {("tokens", t): dataclasses.replace(short, new_tokens=t) for t in token_sweep}
+    points |= {("rollouts", n): dataclasses.replace(short, rollouts=n) for n in rollout_sweep}
+    todo = sorted({w for w in points.values() if w != base}, key=lambda w: (w.rows * w.new_tokens, w.rows))
+  jobs: list[Job] = [("ours", base)]
+  if args.smoke and not args.no_trl:
+    # One process for everything: the interleaved run reuses the programs the first run compiled.
+    # (Its trl side shares the process, so the smoke run has no separate trl peak RSS.)
+    jobs.append(("interleaved", base))
+  first, *rest = run_workers(jobs + [("ours", w) for w in todo], paths, timeout=timeout)
+  results["ours"] = first
+  if args.smoke and not args.no_trl:
+    results["interleaved"], *rest = rest
+  if not args.no_scaling:
+    done = dict(zip(todo, rest)) | {base: first}
+    results["scaling_tokens"] = [done[points["tokens", t]] for t in token_sweep]
+    results["scaling_rollouts"] = [done[points["rollouts", n]] for n in rollout_sweep]
   if not args.no_hpt:
     results["ours_hpt"] = run_worker("ours", dataclasses.replace(base, algorithm="hpt"), paths, timeout=timeout)
-  if not args.no_trl:
-    results["trl"] = run_worker("trl", base, paths, timeout=timeout)
+  if not args.no_trl and not args.smoke:
+    results["trl"] = run_worker("trl", base, paths, timeout=timeout)  # its own process: its peak RSS
+    results["interleaved"] = run_worker("interleaved", base, paths, timeout=2 * timeout)
   if args.warm_cache:
     cached = paths | {"compilation_cache": str(root / "jax_cache")}
     run_worker("ours", dataclasses.replace(base, iters=1), cached, timeout=timeout)  # fills the cache
     results["ours_warm_cache"] = run_worker("ours", base, cached, timeout=timeout)
-  if not args.no_scaling:
-    short = dataclasses.replace(base, iters=min(base.iters, args.scaling_iters))
-    results["scaling_tokens"] = [
-        results["ours"] if t == base.new_tokens and short.iters == base.iters else
-        run_worker("ours", dataclasses.replace(short, new_tokens=t), paths, timeout=timeout)
-        for t in token_sweep]
-    results["scaling_rollouts"] = [
-        results["ours"] if n == base.rollouts and short.iters == base.iters else
-        run_worker("ours", dataclasses.replace(short, rollouts=n), paths, timeout=timeout) for n in rollout_sweep]
   results["load_after"] = round(os.getloadavg()[0], 1)
   report(results)
   if args.json:
