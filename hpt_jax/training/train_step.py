@@ -35,6 +35,7 @@ from hpt_jax import upge
 from hpt_jax.hybrid import objective
 from hpt_jax.hybrid.objective import LossConfig, LossMode, RowInputs
 from hpt_jax.models import ModelConfig
+from hpt_jax.models import sharding as sharding_lib
 from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training import optimizer as optim_lib
 from hpt_jax.training import state as state_lib
@@ -120,6 +121,7 @@ class TrainStep:
     cfg = self.loss_config
     if self._compute_dtype != jnp.float32:
       params = jax.tree.map(lambda p: p.astype(self._compute_dtype), params)
+    params = _gather_vocab_tables(params)
     model = nnx.merge(self.graphdef, nnx.State(params))
     hidden, _ = model(mb.tokens, positions=mb.positions, attention_mask=mb.attention_mask)
     if cfg.logprob_chunk is None:
@@ -141,6 +143,8 @@ class TrainStep:
     cfg = self.loss_config
     logp, entropy = self._policy_logprobs(params, mb)
     x = self._row_inputs(logp, entropy, mb, advantages, has_old_logp, num_questions)
+    # Σ H over response tokens (a metric, every row, no gradient), whatever the bonus coefficient.
+    entropy_sum = jnp.where(mb.response_mask, jax.lax.stop_gradient(entropy), 0.0).sum()
     if cfg.mode is LossMode.OFFICIAL:
       blocks = cfg.official_ranks
 
@@ -151,10 +155,10 @@ class TrainStep:
       split = [_split_rows(v, blocks) for v in x[:-1]]
       losses, values, metrics = jax.vmap(block_loss)(split)
       # The official run averages gradients over its ranks: each block is one rank's micro-batch.
-      return losses.mean(), (jax.tree.map(jnp.mean, values), jax.tree.map(jnp.mean, metrics))
+      return losses.mean(), (jax.tree.map(jnp.mean, values), jax.tree.map(jnp.mean, metrics), entropy_sum)
     terms, metrics = objective.micro_batch_terms(cfg, x)
     values = {k: t.total / jnp.maximum(denominators[k], 1.0) for k, t in terms.items()}
-    return objective.combine_global(terms, denominators), (values, metrics)
+    return objective.combine_global(terms, denominators), (values, metrics, entropy_sum)
 
   def _loss_and_grads(self, params: dict, batch: MicroBatches) -> tuple[Array, dict, dict]:
     cfg = self.loss_config
@@ -169,25 +173,28 @@ class TrainStep:
     grad_fn = jax.value_and_grad(self._micro_loss, has_aux=True)
 
     def body(carry, xs):
-      grads_acc, loss_acc, values_acc, metrics_acc = carry
+      grads_acc, loss_acc, values_acc, metrics_acc, entropy_acc = carry
       mb, adv = xs
-      (loss, (values, metrics)), grads = grad_fn(params, mb, adv, batch.has_old_logp, batch.num_questions,
-                                                 denominators)
+      (loss, (values, metrics, entropy_sum)), grads = grad_fn(params, mb, adv, batch.has_old_logp,
+                                                              batch.num_questions, denominators)
       grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
       return (grads_acc, loss_acc + loss, jax.tree.map(jnp.add, values_acc, values),
-              jax.tree.map(jnp.add, metrics_acc, metrics)), None
+              jax.tree.map(jnp.add, metrics_acc, metrics), entropy_acc + entropy_sum), None
 
     # Shapes of the per-term values/metrics, for zero-initialised carries.
-    _, (values0, metrics0) = jax.eval_shape(self._micro_loss, params, _index_micro(batch, 0), advantages[0],
-                                            batch.has_old_logp, batch.num_questions, denominators)
+    _, (values0, metrics0, _) = jax.eval_shape(self._micro_loss, params, _index_micro(batch, 0), advantages[0],
+                                               batch.has_old_logp, batch.num_questions, denominators)
     zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
     init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params), jnp.zeros((), jnp.float32),
-            zeros(values0), zeros(metrics0))
-    (grads, loss, values, metrics), _ = jax.lax.scan(body, init, (_micro_fields(batch), advantages))
+            zeros(values0), zeros(metrics0), jnp.zeros((), jnp.float32))
+    (grads, loss, values, metrics, entropy_sum), _ = jax.lax.scan(body, init, (_micro_fields(batch), advantages))
     out = {f"loss/{k}": v for k, v in values.items()}
     out |= {f"algo/{k}": v / m for k, v in metrics.items()}  # mean over micro-batches
     out["loss/total"] = loss
-    out["batch/response_tokens"] = batch.response_mask.sum()
+    tokens = batch.response_mask.sum()
+    # Token-mean entropy of π_θ over every response token of the batch (RL and demonstration rows).
+    out["policy/entropy"] = entropy_sum / jnp.maximum(tokens, 1).astype(entropy_sum.dtype)
+    out["batch/response_tokens"] = tokens
     out["batch/demo_rows"] = (batch.is_demo & batch.row_valid).sum()
     out["batch/rows"] = batch.row_valid.sum()
     return loss, grads, out
@@ -202,6 +209,27 @@ class TrainStep:
         "optim/num_skipped": new_opt_state.num_skipped,
     }
     return new_params, new_opt_state, step + 1, metrics
+
+
+def _gather_vocab_tables(params: dict) -> dict:
+  """The embedding (and an untied lm_head) all-gathered over the `embed` axis, vocab split kept.
+
+  Under FSDP the table [V, D] is split over vocab (tensor) × embed (fsdp). A row gather from it
+  would come out split over D on fsdp, and the next op wants rows split over data × fsdp: XLA has
+  no cheap path between the two and warns "involuntary full rematerialization" (it replicates the
+  gathered activations). With D whole, the gather is a masked local lookup plus an all-reduce over
+  tensor, and the unembedding matmul [.., D] @ [D, V] contracts a local D. FSDP all-gathers every
+  other weight before use in the same way. No-op without a mesh.
+  """
+  params = dict(params)
+  embed = dict(params["embed_tokens"])
+  embed["embedding"] = sharding_lib.constrain(embed["embedding"], ("vocab", None))
+  params["embed_tokens"] = embed
+  if params.get("lm_head") is not None:
+    head = dict(params["lm_head"])
+    head["kernel"] = sharding_lib.constrain(head["kernel"], (None, "vocab"))
+    params["lm_head"] = head
+  return params
 
 
 class _NullContext:
