@@ -5,6 +5,9 @@ Imported by tests/test_train_loop*.py and by the multi-process test's child scri
 
 import dataclasses
 import pathlib
+import zlib
+
+import numpy as np
 
 from hpt_jax.models import presets
 from hpt_jax.training import config as c
@@ -34,9 +37,30 @@ def tiny_config(builtin_dir: pathlib.Path, *, steps: int = 2, algorithm: str = "
 
 
 def multiprocess_config(builtin_dir) -> c.TrainConfig:
-  """2 SFT steps on a data=4 mesh (2 processes x 2 devices, or 1 process x 4 devices).
+  """2 HPT steps on a data=4 mesh (2 processes x 2 devices, or 1 process x 4 devices).
 
-  The SFT phase trains on demonstrations only, so the step's rows depend on the data order alone.
+  4-row updates (several per step) with the loss at T = 0.8 while rollouts are drawn at T = 1, so
+  the later updates' π_old is recomputed; rewards from `lenient_scorer` (see `multiprocess_data`).
   """
   from hpt_jax.training.mesh import MeshConfig
-  return tiny_config(pathlib.Path(builtin_dir), steps=2, algorithm="sft", mesh=MeshConfig(data=4))
+  config = tiny_config(pathlib.Path(builtin_dir), steps=2, algorithm="hpt", mesh=MeshConfig(data=4),
+                       batch=c.BatchConfig(prompts_per_step=4, rows_per_optimizer_step=4, rows_per_micro_batch=4))
+  phase = config.phases[0]
+  return dataclasses.replace(config, phases=(dataclasses.replace(
+      phase, loss=dataclasses.replace(phase.loss, temperature=0.8)),))
+
+
+def lenient_scorer(responses, truths):
+  """A deterministic stand-in verifier that a random model passes about one time in four.
+
+  The verifier would score every rollout of an untrained model 0, and the γ = 0 gate would then
+  send every question to its demonstration; this one yields both RL and SFT questions.
+  """
+  scores = [float(zlib.crc32(f"{r}|{t}".encode()) % 4 == 0) for r, t in zip(responses, truths)]
+  return np.asarray(scores, np.float64), 0
+
+
+def multiprocess_data(config, workdir):
+  """The built-in task of `config`, rewarded by `lenient_scorer`."""
+  from hpt_jax.training.data_source import load_training_data
+  return load_training_data(config, pathlib.Path(workdir), scorer=lenient_scorer)

@@ -1,5 +1,6 @@
-"""Two `jax.distributed` processes on localhost (CPU, 2 fake devices each) train 2 steps and agree with
-one process training the same global batch on 4 devices."""
+"""Two `jax.distributed` processes on localhost (CPU, 2 fake devices each) run 2 HPT steps — rollouts
+(the sampler across both processes), rewards (each process scores its block), gate, π_old recompute,
+updates — and agree with one process running the same global batch on 4 devices."""
 
 import os
 import pathlib
@@ -35,7 +36,8 @@ _CHILD = textwrap.dedent("""
       assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
       import test_train_loop_fixtures as fx
       from hpt_jax.training import loop
-      loop.train(fx.multiprocess_config(sys.argv[4]), workdir=sys.argv[3])
+      config = fx.multiprocess_config(sys.argv[4])
+      loop.train(config, workdir=sys.argv[3], data=fx.multiprocess_data(config, sys.argv[3]))
 
 
     if __name__ == "__main__":
@@ -62,7 +64,7 @@ def test_two_processes_agree_with_one(tmp_path):
   config = fx.multiprocess_config(builtin_dir)
   assert config.mesh == MeshConfig(data=4)
   # The single-process reference first (it also writes the built-in task the children reuse).
-  loop.train(config, workdir=tmp_path / "single")
+  loop.train(config, workdir=tmp_path / "single", data=fx.multiprocess_data(config, tmp_path / "single"))
 
   script = tmp_path / "child.py"
   script.write_text(_CHILD)
@@ -83,6 +85,9 @@ def test_two_processes_agree_with_one(tmp_path):
   single = read_jsonl(tmp_path / "single" / "metrics.jsonl")
   multi = read_jsonl(tmp_path / "multi" / "metrics.jsonl")  # written by process 0 only
   assert [r["step"] for r in multi] == [r["step"] for r in single] == [1, 2]
+  # The steps exercised what they should: both kinds of rows, several updates, a recomputed π_old.
+  assert sum(r["gate/rl_rows"] for r in single) > 0 and sum(r["gate/sft_rows"] for r in single) > 0
+  assert sum(r["train/recomputed_old_logp_batches"] for r in single) > 0
   for a, b in zip(single, multi):
     for key in a:
       if not key.startswith("perf/"):
@@ -91,5 +96,9 @@ def test_two_processes_agree_with_one(tmp_path):
   # The 2-process checkpoint is read back onto this process's default device.
   state_b, host_b = _final_state(tmp_path / "multi", config, like=state_a)
   assert host_a["data"] == host_b["data"] and host_a["step"] == host_b["step"] == 2
+  # Cross-process all-reduces add the per-device partial gradients in another order than one process
+  # does; AdamW's m / sqrt(v) magnifies those float32 rounding differences where gradients are tiny
+  # (observed: 4 of 32,768 embedding entries off by 2e-6 after 2 steps). 1e-5 is 1e-3 of one update
+  # at lr 1e-2; a wrong row or batch moves parameters by ~1e-2.
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
