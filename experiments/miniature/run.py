@@ -75,11 +75,17 @@ def _tokens(workdir: pathlib.Path) -> float:
 
 
 def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, reduced_note: str = "",
-        report_only: bool = False) -> pathlib.Path:
+        report_only: bool = False, shard: tuple[int, int] = (0, 1)) -> pathlib.Path:
   """Pretrains the base, post-trains every run, evaluates, writes RESULTS.md; returns its path.
 
   With `report_only`, trains nothing: RESULTS.md is rewritten from the runs already finished.
+  `shard` = (i, N) post-trains only every N-th run starting at the i-th (processes sharing one
+  workdir, each with its own results_dir; one `report_only` invocation then writes the whole table).
+  The base must then exist already (every shard would otherwise pretrain it).
   """
+  index, num_shards = shard
+  if not 0 <= index < num_shards:
+    raise ValueError(f"--shard: need 0 <= i < N, got {index}/{num_shards}")
   workdir.mkdir(parents=True, exist_ok=True)
   use_compilation_cache(workdir / "xla_cache")
   wall, cpu0 = time.perf_counter(), cpu_seconds()
@@ -91,8 +97,14 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
       f"{spec.pretrain_levels}, {spec.pretrain_steps} steps)")
   if report_only and not _trained(base_dir):
     raise FileNotFoundError(f"{base_dir}: no pretrained base to report on")
-  seconds_file = workdir / "seconds.json"
+  if num_shards > 1 and not _trained(base_dir):
+    raise FileNotFoundError(f"{base_dir}: pretrain the base first (run without --shard) before sharding")
+  seconds_file = workdir / ("seconds.json" if num_shards == 1 else f"seconds_shard{index}of{num_shards}.json")
   seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
+  if num_shards == 1:  # runs that sharded processes trained are reported with their times
+    for f in sorted(workdir.glob("seconds_shard*.json")):
+      for k, v in json.loads(f.read_text()).items():
+        seconds.setdefault(k, v)
   seconds["base"] = seconds.get("base", 0.0) + _train(ms.pretrain_config(spec, task_dir=pre_task), base_dir)
   seconds_file.write_text(json.dumps(seconds, indent=1))
   loads.append(os.getloadavg()[0])
@@ -116,7 +128,7 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
   log(f"base model held-out avg@{spec.eval_samples}: {mini_eval.level_scores(base)}")
   runs: dict[str, mini_results.RunOutcome] = {}
   path = None
-  for key in ms.all_runs(spec):
+  for key in ms.all_runs(spec)[index::num_shards]:
     run_dir = workdir / key.name
     if report_only and not _trained(run_dir):
       continue
@@ -152,14 +164,17 @@ def main(argv=None) -> None:
   parser.add_argument("--smoke", action="store_true", help="a seconds-long smoke run (tests)")
   parser.add_argument("--report_only", action="store_true",
                       help="train nothing; rewrite RESULTS.md from the runs already finished in --workdir")
+  parser.add_argument("--shard", default="0/1",
+                      help="i/N: post-train only every N-th run from the i-th (parallel processes, one workdir)")
   args = parser.parse_args(argv)
   spec, note = ms.Spec(), ""
   if args.reduced:
     spec, note = dataclasses.replace(spec, **REDUCED), f"REDUCED run ({REDUCED}), not the full protocol"
   if args.smoke:
     spec, note = dataclasses.replace(spec, **SMOKE), "SMOKE run (a test of the pipeline; numbers mean nothing)"
+  shard = tuple(int(x) for x in args.shard.split("/"))
   run(spec, workdir=args.workdir.absolute(), results_dir=args.results_dir, reduced_note=note,
-      report_only=args.report_only)
+      report_only=args.report_only, shard=shard)
 
 
 if __name__ == "__main__":
