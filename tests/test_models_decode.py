@@ -94,3 +94,34 @@ def test_decode_loop_updates_cache_in_place():
   # The only copies allowed are the 2 * L of the entry parameters into the loop (not donated).
   assert len(copies) <= 2 * config.num_layers, "\n".join(copies)
   assert "dynamic-update-slice" in hlo  # the writes are there (the check above can fail)
+
+
+def _while_carry(hlo: str, *, carrying: str) -> str:
+  """The result shape (= loop-carried tuple) of the one while loop whose carry holds `carrying`."""
+  carries = [line.split(" while(")[0] for line in hlo.splitlines() if " while(" in line]
+  loops = [c for c in carries if carrying in c]
+  assert len(loops) == 1, carries
+  return loops[0]
+
+
+def test_sampler_loop_carries_per_layer_weights_not_the_stack():
+  # XLA:CPU copies a slice of the stacked [L, ...] weights in every loop step; the decoder cuts the
+  # per-layer weights once before the loop, so the loop carries [D, F] kernels, never [L, D, F].
+  from hpt_jax import sampling
+  from hpt_jax.sampling.lm import CausalLMDecoder
+  config = presets.tiny(num_layers=2)
+  model = random_model(config, seed=4)
+  stacked = f"f32[2,{config.hidden_size},{config.intermediate_size}]"
+  layer = f"f32[{config.hidden_size},{config.intermediate_size}]"
+  tokens, mask = sampling.left_pad([[3, 4, 5], [6]], length=4, pad_id=0)
+  cache_buffer = f"f32[2,{config.num_kv_heads},8,{config.head_dim}]"  # B=2, S = 4 + 4
+  carries = {}
+  for hoist in (True, False):
+    decoder, params = CausalLMDecoder.from_model(model, hoist_layers=hoist)
+    hlo = sampling.jit_sample.lower(
+        decoder, params, tokens, mask, np.arange(2, dtype=np.int32), seed=np.int32(0),
+        eos_ids=np.asarray([1], np.int32), max_new_tokens=np.int32(4),
+        strategy=sampling.Categorical(), num_samples=1, response_len=4, pad_id=0).compile().as_text()
+    carries[hoist] = _while_carry(hlo, carrying=cache_buffer)  # the decode loop
+  assert stacked not in carries[True] and layer in carries[True], carries[True]
+  assert stacked in carries[False], carries[False]  # the check sees the stack when it is there

@@ -215,7 +215,8 @@ class CausalLM(nnx.Module):
                           kernel_axes=("embed", "vocab"), bias=False, rngs=rngs))
 
   def __call__(self, tokens: Array, *, positions: Array, attention_mask: Array,
-               cache: KVCache | None = None, last_only: bool = False
+               cache: KVCache | None = None, last_only: bool = False,
+               layer_states: tuple[nnx.State, ...] | None = None
                ) -> tuple[Array, KVCache | None]:
     """Runs the decoder over T new tokens.
 
@@ -227,12 +228,25 @@ class CausalLM(nnx.Module):
       last_only: return the last position's hidden state only ([B, 1, D]). With a cache the last
         layer then runs attention output and MLP for that position only (a sampler's prefill needs
         no other); without one the result is sliced.
+      layer_states: with a cache only: `self.layer_states()` computed once outside a decode loop,
+        used instead of slicing the stacked layer weights here (see `layer_states`).
     Returns:
       (hidden [B, T, D] (or [B, 1, D]) after the final norm, updated cache or None).
     """
     hidden, cache, _ = self._forward(tokens, positions, attention_mask, cache, collect=False,
-                                     last_only=last_only)
+                                     last_only=last_only, layer_states=layer_states)
     return hidden, cache
+
+  def layer_states(self) -> tuple[nnx.State, ...]:
+    """The stacked layer weights as L per-layer states (copies of the slices).
+
+    A decode loop computes these ONCE before its `while_loop` and passes them to every cached call:
+    XLA:CPU does not hoist the loop-invariant slices of the stacked [L, ...] weights out of the loop
+    body, so slicing inside the step copied every weight once per generated token. The price is one
+    extra copy of the layer weights alive while the loop runs.
+    """
+    _, state = nnx.split(self.layers)
+    return tuple(jax.tree.map(lambda a, i=i: a[i], state) for i in range(self.config.num_layers))
 
   def hidden_states(self, tokens: Array, *, positions: Array, attention_mask: Array) -> Array:
     """Residual stream before layer 0 and after each layer (no final norm): [L + 1, B, T, D]."""
@@ -252,7 +266,7 @@ class CausalLM(nnx.Module):
     return constrain(logits, ("act_batch", "act_length", "act_vocab"))
 
   def _forward(self, tokens, positions, attention_mask, cache, *, collect: bool,
-               last_only: bool = False):
+               last_only: bool = False, layer_states: tuple[nnx.State, ...] | None = None):
     config = self.config
     chex.assert_rank([tokens, positions, attention_mask], 2)
     chex.assert_equal_shape([tokens, positions, attention_mask])
@@ -288,9 +302,12 @@ class CausalLM(nnx.Module):
       # cache buffer as is and updates it in place; a scan would slice (= copy) a stacked cache.
       if cache.num_layers != config.num_layers:
         raise ValueError(f"cache has {cache.num_layers} layers, the model {config.num_layers}")
+      if layer_states is None:
+        layer_states = self.layer_states()
+      elif len(layer_states) != config.num_layers:
+        raise ValueError(f"layer_states has {len(layer_states)} layers, the model {config.num_layers}")
       new_k, new_v = [], []
-      for i in range(config.num_layers):
-        state = jax.tree.map(lambda a: a[i], layer_state)
+      for i, state in enumerate(layer_states):
         last = last_only and i == config.num_layers - 1
         x, (k_layer, v_layer) = layer_fn(x, state, (cache.k[i], cache.v[i], cache.index), last)
         new_k.append(k_layer)

@@ -9,12 +9,22 @@ token, so it is the only one the sampler needs.
 import dataclasses
 from typing import Any
 
+import flax.struct
 import jax
 from flax import nnx
 
 from hpt_jax.models import CausalLM, KVCache, ModelConfig, init_cache
 from hpt_jax.models import sharding as model_sharding
 from hpt_jax.typing import Array
+
+
+@flax.struct.dataclass
+class LoopParams:
+  """What `CausalLMDecoder.loop_params` hands the decode loop: the parameter state plus the per-layer
+  weight slices, cut once before the loop instead of once per generated token."""
+
+  params: nnx.State
+  layers: tuple[nnx.State, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,17 +35,28 @@ class CausalLMDecoder:
     graphdef: `nnx.split(model)[0]` of a `CausalLM`.
     config: the model's config (cache shape and dtype).
     cache_dtype: KV cache dtype; None = the config's compute dtype.
+    hoist_layers: slice the stacked layer weights once per `generate` call (`loop_params`) rather
+      than in every decode step. XLA:CPU copies such slices inside a loop body, i.e. all layer
+      weights once per token; hoisting costs one extra copy of the layer weights while sampling.
   """
 
   graphdef: nnx.GraphDef
   config: ModelConfig
   cache_dtype: Any = None
+  hoist_layers: bool = True
 
   @classmethod
-  def from_model(cls, model: CausalLM, *, cache_dtype: Any = None) -> tuple["CausalLMDecoder", nnx.State]:
+  def from_model(cls, model: CausalLM, *, cache_dtype: Any = None, hoist_layers: bool = True
+                 ) -> tuple["CausalLMDecoder", nnx.State]:
     """Splits a model into the decoder and its parameter state (the arrays are shared, not copied)."""
     graphdef, params = nnx.split(model)
-    return cls(graphdef, model.config, cache_dtype), params
+    return cls(graphdef, model.config, cache_dtype, hoist_layers), params
+
+  def loop_params(self, params: nnx.State) -> nnx.State | LoopParams:
+    """Called by the loop once, before the prefill: the per-layer weights cut out of the stack."""
+    if not self.hoist_layers:
+      return params
+    return LoopParams(params=params, layers=nnx.merge(self.graphdef, params).layer_states())
 
   def init_cache(self, *, batch: int, length: int) -> KVCache:
     cache = init_cache(self.config, batch=batch, length=length, dtype=self.cache_dtype)
@@ -56,10 +77,15 @@ class CausalLMDecoder:
     specs = model_sharding.cache_shardings(out, mesh)
     return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, s.spec), out, specs)
 
-  def __call__(self, params: nnx.State, tokens: Array, *, positions: Array, attention_mask: Array,
-               cache: KVCache) -> tuple[Array, KVCache]:
-    """tokens/positions/attention_mask: [B, T'] -> ([B, V] float32 last-position logits, cache)."""
+  def __call__(self, params: nnx.State | LoopParams, tokens: Array, *, positions: Array,
+               attention_mask: Array, cache: KVCache) -> tuple[Array, KVCache]:
+    """tokens/positions/attention_mask: [B, T'] -> ([B, V] float32 last-position logits, cache).
+
+    `params` is the parameter state or what `loop_params` made of it."""
+    layers = None
+    if isinstance(params, LoopParams):
+      params, layers = params.params, params.layers
     model = nnx.merge(self.graphdef, params)
     hidden, cache = model(tokens, positions=positions, attention_mask=attention_mask, cache=cache,
-                          last_only=True)
+                          last_only=True, layer_states=layers)
     return model.logits(hidden)[:, 0], cache

@@ -42,6 +42,8 @@ class DecodeModel(Protocol):
 
   # Optional: `repeat_cache(cache, n) -> cache` with every row repeated n times (adjacent). A model
   # that has it gets each prompt prefilled once for its n samples; one without it prefills n copies.
+  # Optional: `loop_params(params) -> params'`, called once before the prefill; the model is then
+  # called with params' (e.g. weights re-laid-out once instead of in every step of the loop).
 
 
 def _repeat_cache_fn(model: DecodeModel):
@@ -117,9 +119,10 @@ def left_pad_positions(mask: Array) -> Array:
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def _take(logits: Array, tokens: Array) -> Array:
-  """[B, V] log-probs, [B] ids -> [B]."""
-  return jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+def _token_logprob(logits: Array, tokens: Array) -> Array:
+  """log_softmax(logits)[token] per row without the [B, V] log_softmax: [B, V] f32, [B] ids -> [B]."""
+  picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def _record(state: _LoopState, logits: Array, *, keys: Array, strategy: Strategy, eos_ids: Array,
@@ -129,9 +132,9 @@ def _record(state: _LoopState, logits: Array, *, keys: Array, strategy: Strategy
   sampling = strategy.sampling_logits(logits)  # [B, V]
   step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
   token = strategy.choose(sampling, step_keys)  # [B]
-  # log_softmax in float32 (the strategies return float32) for 1e-4 agreement with the trainer.
-  logp = _take(jax.nn.log_softmax(strategy.plain_logits(logits), axis=-1), token)
-  sampling_logp = _take(jax.nn.log_softmax(sampling, axis=-1), token)
+  # In float32 (the strategies return float32) for 1e-4 agreement with the trainer's log_softmax.
+  logp = _token_logprob(strategy.plain_logits(logits), token)
+  sampling_logp = _token_logprob(sampling, token)
   live = ~state.done  # rows still generating write this column
   hit_eos = live & jnp.isin(token, eos_ids)
   eos = state.eos | hit_eos
@@ -203,6 +206,9 @@ def generate(
   if num_samples > 1 and repeat_cache is None:
     prompt_tokens, prompt_mask = (jnp.repeat(x, num_samples, axis=0) for x in (prompt_tokens, prompt_mask))
   prefill_rows, prompt_len = prompt_tokens.shape
+  loop_params = getattr(model, "loop_params", None)
+  if loop_params is not None:
+    params = loop_params(params)
 
   cache = model.init_cache(batch=prefill_rows, length=prompt_len + response_len)
   logits, cache = model(
