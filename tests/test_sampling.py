@@ -285,3 +285,27 @@ def test_strategy_settings_and_bad_input():
   with pytest.raises(ValueError, match="max_new_tokens"):
     Sampler(TableModel(), eos_ids=[EOS], pad_id=PAD).generate({}, [[1]], strategy=Greedy(),
                                                               max_new_tokens=0)
+
+
+def test_inverse_cdf_sample_matches_numpy_inversion():
+  from hpt_jax.sampling.strategies import inverse_cdf_sample
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(6, 40)) * 2.0
+  logits[1, :7] = -np.inf      # leading zero-probability tokens
+  logits[2, 30:] = -np.inf     # trailing ones (u near 1 must not reach them)
+  logits[3, ::2] = -np.inf     # every other token filtered (top-k style holes)
+  logits[4, :] = -np.inf
+  logits[4, 17] = 0.0          # a point mass
+  uniforms = rng.random(6)
+  uniforms[1], uniforms[2] = 0.0, 1.0 - 2.0 ** -24   # the ends of [0, 1)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  cdf = np.cumsum(p, axis=-1)
+  target = uniforms * cdf[:, -1]
+  expected = (cdf <= target[:, None]).sum(-1)  # C[t-1] <= u C[V-1] < C[t]
+  gap = np.abs(cdf - target[:, None]).min(-1) / cdf[:, -1]
+  assert (gap[[0, 3, 5]] > 1e-4).all()  # random rows are far from a float32-rounding boundary
+  got = np.asarray(jax.jit(inverse_cdf_sample)(jnp.asarray(logits, jnp.float32),
+                                               jnp.asarray(uniforms, jnp.float32)))
+  np.testing.assert_array_equal(got, expected)
+  assert got[1] == 7 and got[2] == 29 and got[4] == 17
+  assert np.isfinite(logits[np.arange(6), got]).all()

@@ -74,6 +74,39 @@ def top_p_logits(logits: Array, *, top_p: float) -> Array:
   return jnp.where(logits >= threshold, logits, _neg_inf(logits.dtype))
 
 
+def inverse_cdf_sample(logits: Array, uniforms: Array) -> Array:
+  """Draws one token per row from softmax(logits) by inverting its CDF at one uniform per row.
+
+  With C the running sum of exp(logits - max) along the vocabulary, token t is returned iff
+  C[t-1] <= u * C[V-1] < C[t]: the categorical distribution, up to float32 rounding of the sums. It
+  needs one random number per row, where `jax.random.categorical` draws V Gumbels per row; on CPU
+  those draws were ~90% of the sampling step (2.2 -> 0.25 ms per step at B=128, V=512).
+
+  Args:
+    logits: [B, V] float; -inf entries are never drawn; every row needs a finite entry.
+    uniforms: [B] float in [0, 1).
+
+  Returns:
+    [B] int32 token ids.
+  """
+  chex.assert_rank([logits, uniforms], [2, 1])
+  chex.assert_equal_shape_prefix([logits, uniforms], 1)
+  logits = logits.astype(jnp.float32)
+  top = jnp.max(logits, axis=-1, keepdims=True)                        # [B, 1]
+  weights = jnp.exp(logits - top)                                      # [B, V], 0 where -inf
+  # A log-depth scan: about half the CPU time of `jnp.cumsum` here, same sums up to rounding.
+  cdf = jax.lax.associative_scan(jnp.add, weights, axis=-1)            # [B, V]
+  target = uniforms.astype(jnp.float32) * cdf[:, -1]                   # [B]
+  vocab = logits.shape[-1]
+  token = jnp.minimum(jnp.sum(cdf <= target[:, None], axis=-1), vocab - 1).astype(jnp.int32)
+  # Rounding guard (probability ~1e-7 per draw): the sums are not exactly monotone, so the count could
+  # land on a zero-probability token (e.g. one removed by top-k); take the most likely token instead.
+  hit = jnp.take_along_axis(weights, token[:, None], axis=-1)[:, 0] > 0
+  ids = jnp.arange(vocab, dtype=jnp.int32)
+  most_likely = jnp.min(jnp.where(logits >= top, ids, vocab), axis=-1)  # lowest id of the max
+  return jnp.where(hit, token, most_likely)
+
+
 class Strategy(Protocol):
   """What the decode loop needs from a strategy (all methods are pure and jittable)."""
 
@@ -147,7 +180,8 @@ class Categorical:
   def choose(self, sampling_logits: Array, keys: Array) -> Array:
     chex.assert_rank(sampling_logits, 2)
     # One key per row, so a row's draw does not depend on which other rows share the batch.
-    return jax.vmap(jax.random.categorical)(keys, sampling_logits).astype(jnp.int32)
+    uniforms = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(keys)
+    return inverse_cdf_sample(sampling_logits, uniforms)
 
 
 def make_strategy(*, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Greedy | Categorical:
