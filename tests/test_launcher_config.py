@@ -148,6 +148,8 @@ def test_hf_dir_keeps_the_configured_runtime_fields(tiny, tmp_path):
     (("sampling.temperature=0.6",), True),  # π_θ at T_loss = 1 vs rollouts' log-probs at 0.6
     (("sampling.temperature=0.6", "phases.0.loss.temperature=0.6"), False),
     (("sampling.dtype_policy=bfloat16",), True),  # the sampler computes in another dtype
+    (("model.config.dtype_policy=bfloat16",), True),  # same policy, but bf16 decoding != teacher forcing
+    (("model.config.dtype_policy=bfloat16", "phases.0.old_logprobs=sampler"), False),  # allowed, by choice
 ])
 def test_old_logprobs_are_recomputed_exactly_when_the_policies_differ(tiny, overrides, recompute):
   from hpt_jax.training.old_logprobs import should_recompute
