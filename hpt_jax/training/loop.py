@@ -248,6 +248,9 @@ class _Run:
         batch = recompute(state.params, batch)
         recomputed += 1
       batches.append(batch)
+    if recomputed:
+      # The first update donates the parameters these passes read: let them finish first.
+      jax.block_until_ready(batches)
     return batches, tokens, recomputed
 
   def one_step(self, state: TrainState, step: int) -> tuple[TrainState, dict[str, float]]:
