@@ -24,16 +24,6 @@ from hpt_jax.typing import Array
 _MASKED = jnp.finfo(jnp.float32).min
 
 
-def _attend_block(q: Array, keys: Array, values: Array, mask: Array) -> Array:
-  """q: [B, T, K, G, H], keys/values: [B, S, K, H], mask: [B, T, S] -> [B, T, K, G, H]."""
-  h = q.shape[-1]
-  scores = jnp.einsum("btkgh,bskh->bkgts", q, keys,
-                      preferred_element_type=jnp.float32) * (h ** -0.5)   # [B, K, G, T, S]
-  scores = jnp.where(mask[:, None, None], scores, _MASKED)
-  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-  return jnp.einsum("bkgts,bskh->btkgh", probs, values)
-
-
 def _in_query_chunks(block: Callable[[Array, Array], Array], qg: Array, mask: Array,
                      query_chunk: int | None) -> Array:
   """Applies `block(q, mask)` to all queries at once, or `query_chunk` at a time under checkpoint.
@@ -85,7 +75,11 @@ def attend(q: Array, keys: Array, values: Array, mask: Array, *,
   chex.assert_rank([q, keys, values, mask], [4, 4, 4, 3])
   chex.assert_shape(mask, (b, t, keys.shape[1]))
   qg = _group_queries(q, keys.shape[2])
-  block = lambda qc, mc: _attend_block(qc, keys, values, mc)
+  # Computed in the cache layout [B, K, S, H]: its batched matmuls are canonical for XLA:CPU, where
+  # the [B, S, K, H] einsums took a transposing fallback. One transpose of keys/values per layer is
+  # far cheaper (train step, B=32, T=96, 8/2 heads: attention fwd+bwd 75 -> 31 ms CPU per layer).
+  keys_t, values_t = keys.swapaxes(1, 2), values.swapaxes(1, 2)
+  block = lambda qc, mc: _attend_cache_block(qc, keys_t, values_t, mc)
   return _in_query_chunks(block, qg, mask, query_chunk).reshape(b, t, n, h)
 
 
@@ -114,6 +108,26 @@ def _attend_cache_block(q: Array, keys: Array, values: Array, mask: Array) -> Ar
   return out.astype(q.dtype).reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
 
 
+def _attend_one_query(q: Array, keys: Array, values: Array, mask: Array) -> Array:
+  """`_attend_cache_block` for one query per row (decoding): the same result, scores by a fused loop.
+
+  Per (row, KV head) the scores are a [G, H] x [H, S] product (G = 4 for the tiny model): as a
+  batched matmul the library call costs more than the arithmetic, while an elementwise product
+  reduced over H is one fused loop (measured: decode attention 0.68 -> 0.49 ms at B=128, S=96).
+
+  Args:
+    q: [B, 1, K, G, H]; keys, values: [B, K, S, H]; mask: [B, 1, S].
+  Returns:
+    [B, 1, K, G, H].
+  """
+  h = q.shape[-1]
+  q1 = q[:, 0].astype(jnp.float32)                                          # [B, K, G, H]
+  scores = jnp.sum(q1[:, :, :, None, :] * keys[:, :, None].astype(jnp.float32), axis=-1)
+  scores = jnp.where(mask[:, :, None, :], scores * (h ** -0.5), _MASKED)    # [B, K, G, S]
+  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  return _bmm(probs, values, contract_b=2).astype(q.dtype)[:, None]        # [B, 1, K, G, H]
+
+
 def attend_cache(q: Array, keys: Array, values: Array, mask: Array, *,
                  query_chunk: int | None = None) -> Array:
   """`attend` over a KV cache buffer in its `[B, K, S, H]` layout (decode attention).
@@ -131,5 +145,7 @@ def attend_cache(q: Array, keys: Array, values: Array, mask: Array, *,
   chex.assert_equal_shape([keys, values])
   chex.assert_shape(mask, (b, t, keys.shape[2]))
   qg = _group_queries(q, keys.shape[1])
+  if t == 1:
+    return _attend_one_query(qg, keys, values, mask).reshape(b, t, n, h)
   block = lambda qc, mc: _attend_cache_block(qc, keys, values, mc)
   return _in_query_chunks(block, qg, mask, query_chunk).reshape(b, t, n, h)
