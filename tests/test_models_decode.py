@@ -49,6 +49,19 @@ def test_attend_cache_matches_numpy_full_and_chunked():
   np.testing.assert_allclose(np.asarray(chunked), np.asarray(full), atol=1e-6)
 
 
+def test_attend_cache_one_query_matches_numpy():
+  # T = 1 (decoding) takes its own path (scores as a fused product-and-sum, not a batched matmul).
+  rng = np.random.default_rng(1)
+  b, s, n, kv, h = 3, 9, 6, 2, 8
+  q = rng.normal(size=(b, 1, n, h)).astype(np.float32)
+  k, v = (rng.normal(size=(b, kv, s, h)).astype(np.float32) for _ in range(2))
+  mask = rng.random((b, 1, s)) < 0.6
+  mask[:, :, 0] = True
+  want = _numpy_attention(q.astype(np.float64), k, v, mask)
+  got = np.asarray(jax.jit(attend_cache)(q, k, v, mask))
+  assert np.abs(got - want).max() <= 1e-5
+
+
 def test_last_only_prefill_equals_full_prefill():
   config = presets.tiny(num_layers=2)
   graphdef, params = nnx.split(random_model(config, seed=2))
@@ -106,13 +119,13 @@ def _while_carry(hlo: str, *, carrying: str) -> str:
 
 def test_sampler_loop_carries_per_layer_weights_not_the_stack():
   # XLA:CPU copies a slice of the stacked [L, ...] weights in every loop step; the decoder cuts the
-  # per-layer weights once before the loop, so the loop carries [D, F] kernels, never [L, D, F].
+  # per-layer weights once before the loop, so the loop carries per-layer kernels, never the stack.
   from hpt_jax import sampling
   from hpt_jax.sampling.lm import CausalLMDecoder
   config = presets.tiny(num_layers=2)
   model = random_model(config, seed=4)
-  stacked = f"f32[2,{config.hidden_size},{config.intermediate_size}]"
-  layer = f"f32[{config.hidden_size},{config.intermediate_size}]"
+  stacked = f"f32[2,{config.intermediate_size},{config.hidden_size}]"  # down_proj, [L, F, D]
+  layer = f"f32[{config.hidden_size},2,{config.intermediate_size}]"  # the stacked gate|up kernel
   tokens, mask = sampling.left_pad([[3, 4, 5], [6]], length=4, pad_id=0)
   cache_buffer = f"f32[2,{config.num_kv_heads},8,{config.head_dim}]"  # B=2, S = 4 + 4
   carries = {}

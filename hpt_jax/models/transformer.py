@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -56,10 +57,15 @@ class RMSNorm(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     """x: [..., D] -> [..., D] in x's dtype."""
-    xf = x.astype(jnp.float32)
-    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-    # Cast before the scale, as transformers does, so bf16 rounding matches HF.
-    return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
+    return rms_norm(x, self.scale[...], eps=self.eps)
+
+
+def rms_norm(x: Array, scale: Array, *, eps: float) -> Array:
+  """x: [..., D], scale: [D] -> [..., D] in x's dtype, normalized in float32."""
+  xf = x.astype(jnp.float32)
+  normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  # Cast before the scale, as transformers does, so bf16 rounding matches HF.
+  return normed.astype(x.dtype) * scale.astype(x.dtype)
 
 
 class Dense(nnx.Module):
@@ -101,41 +107,22 @@ class Attention(nnx.Module):
                         bias=config.o_bias, bias_from=2, rngs=rngs)
     self.query_chunk = config.attention_query_chunk
 
-  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array,
-               cached: tuple[Array, Array, Array] | None, *, last_only: bool = False
-               ) -> tuple[Array, tuple[Array, Array] | None]:
-    """One attention block.
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+    """One attention block without a cache (cached calls run `_cached_layer`).
 
     Args:
       x: [B, T, D] normed input.
-      cos, sin: [B, T, H] rotation of the T new tokens.
-      mask: [B, T, S] bool (S = T without a cache).
-      cached: None, or (k_layer, v_layer: [B, K, S, H], index: int32 []) this layer's cache; the new
-        keys/values are written at slots [index, index + T) before attending.
-      last_only: with a cache, attend from the last query only (all T keys/values are still
-        written); out is then [B, 1, D].
+      cos, sin: [B, T, H] rotation of the T tokens.
+      mask: [B, T, T] bool.
     Returns:
-      (out [B, T, D], the updated (k_layer, v_layer) or None).
+      [B, T, D].
     """
     q = rope.apply_rope(self.q_proj("btd,dnh->btnh", x), cos, sin)
     k = rope.apply_rope(self.k_proj("btd,dkh->btkh", x), cos, sin)
     v = self.v_proj("btd,dkh->btkh", x)
     q = constrain(q, ("act_batch", "act_length", "act_heads", "head_dim"))
-    if cached is None:
-      out = attend(q, k, v, mask, query_chunk=self.query_chunk)
-      return self.o_proj("btnh,nhd->btd", out), None
-    # Write first, then read the written buffer: the old cache value is dead after the write, so
-    # XLA updates the loop-carried buffer in place (reading the old buffer next to a write of it
-    # made XLA copy every layer's cache twice per step).
-    k_layer, v_layer, index = cached
-    write = lambda buf, new: jax.lax.dynamic_update_slice(
-        buf, new.swapaxes(1, 2).astype(buf.dtype), (0, 0, index, 0))          # new: [B, T, K, H]
-    k_layer, v_layer = write(k_layer, k), write(v_layer, v)
-    if last_only:
-      q, mask = q[:, -1:], mask[:, -1:]
-    out = attend_cache(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask,
-                       query_chunk=self.query_chunk)
-    return self.o_proj("btnh,nhd->btd", out), (k_layer, v_layer)
+    out = attend(q, k, v, mask, query_chunk=self.query_chunk)
+    return self.o_proj("btnh,nhd->btd", out)
 
 
 class MLP(nnx.Module):
@@ -166,14 +153,11 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(config)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x, cos, sin, mask, cached, *, last_only: bool = False):
-    """x: [B, T, D] -> ([B, T, D] or [B, 1, D] if last_only, updated (k_layer, v_layer) or None);
-    see `Attention`."""
-    attn_out, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cached,
-                                  last_only=last_only)
-    x = (x[:, -1:] if last_only else x) + attn_out
+  def __call__(self, x, cos, sin, mask):
+    """x: [B, T, D] -> [B, T, D] (no cache; see `Attention`)."""
+    x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
     x = x + self.mlp(self.post_attention_layernorm(x))
-    return constrain(x, ("act_batch", "act_length", "act_embed")), kv
+    return constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
 class Embedding(nnx.Module):
@@ -193,6 +177,80 @@ def _attention_mask(attention_mask: Array, cache: KVCache | None) -> tuple[Array
   query_slots = cache.index + jnp.arange(t)
   causal = slots[None, :] <= query_slots[:, None]                # [T, S]
   return causal[None] & key_mask[:, None, :], key_mask
+
+
+@flax.struct.dataclass
+class CachedLayer:
+  """One decoder layer's weights laid out for cached (prefill / decode) calls.
+
+  Made from the stacked parameters by `CausalLM.cached_layers`, once per decode loop: the kernels are
+  cut out of the [L, ...] stack (XLA:CPU copies such slices inside a loop body, i.e. every weight
+  once per token), flattened to 2-D matmuls, cast to the compute dtype, and the gate and up kernels
+  are stacked so that the MLP input is multiplied once (a [D, 2, F] stack keeps the F axis, and so
+  its tensor sharding, intact).
+  """
+
+  input_norm: Array              # [D]
+  q: Array                       # [D, N*H]
+  k: Array                       # [D, K*H]
+  v: Array                       # [D, K*H]
+  q_bias: Array | None           # [N*H]
+  k_bias: Array | None           # [K*H]
+  v_bias: Array | None           # [K*H]
+  o: Array                       # [N*H, D]
+  o_bias: Array | None           # [D]
+  post_norm: Array               # [D]
+  gate_up: Array                 # [D, 2, F]: gate_proj, up_proj
+  down: Array                    # [F, D]
+
+
+def _cached_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array,
+                  cached: tuple[Array, Array, Array], *, config: ModelConfig, last_only: bool
+                  ) -> tuple[Array, tuple[Array, Array]]:
+  """`DecoderLayer` with a KV cache: the same math on `CachedLayer` weights.
+
+  Args:
+    w: the layer's weights.
+    x: [B, T, D] residual stream in the compute dtype.
+    cos, sin: [B, T, H] rotation of the T new tokens.
+    mask: [B, T, S] bool.
+    cached: (k_layer, v_layer: [B, K, S, H], index: int32 []); the new keys/values are written at
+      slots [index, index + T) before attending.
+    last_only: attention output and MLP for the last position only (all T keys/values are still
+      written); the result is then [B, 1, D].
+  Returns:
+    (x [B, T, D] or [B, 1, D], the updated (k_layer, v_layer)).
+  """
+  b, t, _ = x.shape
+  n, kv, h = config.num_heads, config.num_kv_heads, config.head_dim
+
+  def dense(y, kernel, bias):
+    out = jnp.einsum("btd,de->bte", y, kernel)
+    return out if bias is None else out + bias
+
+  normed = rms_norm(x, w.input_norm, eps=config.rms_norm_eps)
+  q = rope.apply_rope(dense(normed, w.q, w.q_bias).reshape(b, t, n, h), cos, sin)
+  k = rope.apply_rope(dense(normed, w.k, w.k_bias).reshape(b, t, kv, h), cos, sin)
+  v = dense(normed, w.v, w.v_bias).reshape(b, t, kv, h)
+  q = constrain(q, ("act_batch", "act_length", "act_heads", "head_dim"))
+  # Write first, then read the written buffer: the old cache value is dead after the write, so
+  # XLA updates the loop-carried buffer in place (reading the old buffer next to a write of it
+  # made XLA copy every layer's cache twice per step).
+  k_layer, v_layer, index = cached
+  write = lambda buf, new: jax.lax.dynamic_update_slice(
+      buf, new.swapaxes(1, 2).astype(buf.dtype), (0, 0, index, 0))          # new: [B, T, K, H]
+  k_layer, v_layer = write(k_layer, k), write(v_layer, v)
+  if last_only:
+    x, q, mask, t = x[:, -1:], q[:, -1:], mask[:, -1:], 1
+  out = attend_cache(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask,
+                     query_chunk=config.attention_query_chunk)
+  x = x + dense(out.reshape(b, t, n * h), w.o, w.o_bias)
+  normed = rms_norm(x, w.post_norm, eps=config.rms_norm_eps)
+  gate_up = jnp.einsum("btd,dcf->btcf", normed, w.gate_up)                 # [B, T, 2, F]
+  hidden = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+  hidden = constrain(hidden, ("act_batch", "act_length", "act_mlp"))
+  x = x + jnp.einsum("btf,fd->btd", hidden, w.down)
+  return constrain(x, ("act_batch", "act_length", "act_embed")), (k_layer, v_layer)
 
 
 class CausalLM(nnx.Module):
@@ -216,7 +274,7 @@ class CausalLM(nnx.Module):
 
   def __call__(self, tokens: Array, *, positions: Array, attention_mask: Array,
                cache: KVCache | None = None, last_only: bool = False,
-               layer_states: tuple[nnx.State, ...] | None = None
+               cached_layers: tuple[CachedLayer, ...] | None = None
                ) -> tuple[Array, KVCache | None]:
     """Runs the decoder over T new tokens.
 
@@ -228,25 +286,38 @@ class CausalLM(nnx.Module):
       last_only: return the last position's hidden state only ([B, 1, D]). With a cache the last
         layer then runs attention output and MLP for that position only (a sampler's prefill needs
         no other); without one the result is sliced.
-      layer_states: with a cache only: `self.layer_states()` computed once outside a decode loop,
-        used instead of slicing the stacked layer weights here (see `layer_states`).
+      cached_layers: with a cache only: `self.cached_layers()` computed once outside a decode loop
+        (else it is computed here, in every call).
     Returns:
       (hidden [B, T, D] (or [B, 1, D]) after the final norm, updated cache or None).
     """
     hidden, cache, _ = self._forward(tokens, positions, attention_mask, cache, collect=False,
-                                     last_only=last_only, layer_states=layer_states)
+                                     last_only=last_only, cached_layers=cached_layers)
     return hidden, cache
 
-  def layer_states(self) -> tuple[nnx.State, ...]:
-    """The stacked layer weights as L per-layer states (copies of the slices).
+  def cached_layers(self) -> tuple[CachedLayer, ...]:
+    """The L layers' weights laid out for cached calls (see `CachedLayer`).
 
-    A decode loop computes these ONCE before its `while_loop` and passes them to every cached call:
-    XLA:CPU does not hoist the loop-invariant slices of the stacked [L, ...] weights out of the loop
-    body, so slicing inside the step copied every weight once per generated token. The price is one
-    extra copy of the layer weights alive while the loop runs.
+    A decode loop makes these ONCE before its `while_loop` and passes them to every cached call; the
+    price is one extra copy of the layer weights alive while the loop runs.
     """
-    _, state = nnx.split(self.layers)
-    return tuple(jax.tree.map(lambda a, i=i: a[i], state) for i in range(self.config.num_layers))
+    config = self.config
+    layers = self.layers
+    cast = lambda a: a.astype(config.dtype)
+    flat_in = lambda dense, i: cast(dense.kernel[i].reshape(config.hidden_size, -1))
+    bias = lambda dense, i: None if dense.bias is None else cast(dense.bias[i].reshape(-1))
+    attn, mlp = layers.self_attn, layers.mlp
+    out = []
+    for i in range(config.num_layers):
+      gate_up = jnp.stack([mlp.gate_proj.kernel[i], mlp.up_proj.kernel[i]], axis=1)  # [D, 2, F]
+      out.append(CachedLayer(
+          input_norm=layers.input_layernorm.scale[i], post_norm=layers.post_attention_layernorm.scale[i],
+          q=flat_in(attn.q_proj, i), k=flat_in(attn.k_proj, i), v=flat_in(attn.v_proj, i),
+          q_bias=bias(attn.q_proj, i), k_bias=bias(attn.k_proj, i), v_bias=bias(attn.v_proj, i),
+          o=cast(attn.o_proj.kernel[i].reshape(-1, config.hidden_size)), o_bias=bias(attn.o_proj, i),
+          gate_up=constrain(cast(gate_up), ("embed", None, "mlp")),
+          down=cast(mlp.down_proj.kernel[i])))
+    return tuple(out)
 
   def hidden_states(self, tokens: Array, *, positions: Array, attention_mask: Array) -> Array:
     """Residual stream before layer 0 and after each layer (no final norm): [L + 1, B, T, D]."""
@@ -266,7 +337,7 @@ class CausalLM(nnx.Module):
     return constrain(logits, ("act_batch", "act_length", "act_vocab"))
 
   def _forward(self, tokens, positions, attention_mask, cache, *, collect: bool,
-               last_only: bool = False, layer_states: tuple[nnx.State, ...] | None = None):
+               last_only: bool = False, cached_layers: tuple[CachedLayer, ...] | None = None):
     config = self.config
     chex.assert_rank([tokens, positions, attention_mask], 2)
     chex.assert_equal_shape([tokens, positions, attention_mask])
@@ -280,19 +351,18 @@ class CausalLM(nnx.Module):
     cos, sin = rope.rope_angles(positions, inv_freq)
     mask, key_mask = _attention_mask(attention_mask, cache)
 
-    graphdef, layer_state = nnx.split(self.layers)
-
-    def layer_fn(x, state, cached, last_only):
-      return nnx.merge(graphdef, state)(x, cos, sin, mask, cached, last_only=last_only)
-
-    if config.remat is not RematPolicy.NONE:
-      layer_fn = jax.checkpoint(layer_fn, policy=config.remat.checkpoint_policy, prevent_cse=False,
-                                static_argnums=(3,))
-
     new_cache, stream = None, None
     if cache is None:
+      graphdef, layer_state = nnx.split(self.layers)
+
+      def layer_fn(x, state):
+        return nnx.merge(graphdef, state)(x, cos, sin, mask)
+
+      if config.remat is not RematPolicy.NONE:
+        layer_fn = jax.checkpoint(layer_fn, policy=config.remat.checkpoint_policy, prevent_cse=False)
+
       def body(x, state):
-        x, _ = layer_fn(x, state, None, False)
+        x = layer_fn(x, state)
         return x, (x if collect else None)
 
       x, stream = jax.lax.scan(body, x, layer_state)
@@ -302,14 +372,16 @@ class CausalLM(nnx.Module):
       # cache buffer as is and updates it in place; a scan would slice (= copy) a stacked cache.
       if cache.num_layers != config.num_layers:
         raise ValueError(f"cache has {cache.num_layers} layers, the model {config.num_layers}")
-      if layer_states is None:
-        layer_states = self.layer_states()
-      elif len(layer_states) != config.num_layers:
-        raise ValueError(f"layer_states has {len(layer_states)} layers, the model {config.num_layers}")
+      if cached_layers is None:
+        cached_layers = self.cached_layers()
+      elif len(cached_layers) != config.num_layers:
+        raise ValueError(f"cached_layers has {len(cached_layers)} layers, the model {config.num_layers}")
       new_k, new_v = [], []
-      for i, state in enumerate(layer_states):
+      for i, weights in enumerate(cached_layers):
         last = last_only and i == config.num_layers - 1
-        x, (k_layer, v_layer) = layer_fn(x, state, (cache.k[i], cache.v[i], cache.index), last)
+        x, (k_layer, v_layer) = _cached_layer(weights, x, cos, sin, mask,
+                                              (cache.k[i], cache.v[i], cache.index), config=config,
+                                              last_only=last)
         new_k.append(k_layer)
         new_v.append(v_layer)
       new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), key_mask=key_mask,

@@ -14,17 +14,19 @@ import jax
 from flax import nnx
 
 from hpt_jax.models import CausalLM, KVCache, ModelConfig, init_cache
+from hpt_jax.models.transformer import CachedLayer
 from hpt_jax.models import sharding as model_sharding
 from hpt_jax.typing import Array
 
 
 @flax.struct.dataclass
 class LoopParams:
-  """What `CausalLMDecoder.loop_params` hands the decode loop: the parameter state plus the per-layer
-  weight slices, cut once before the loop instead of once per generated token."""
+  """What `CausalLMDecoder.loop_params` hands the decode loop: the parameter state plus the layers'
+  weights laid out for cached calls (`CausalLM.cached_layers`), made once before the loop instead of
+  once per generated token."""
 
   params: nnx.State
-  layers: tuple[nnx.State, ...]
+  layers: tuple[CachedLayer, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,7 @@ class CausalLMDecoder:
     """Called by the loop once, before the prefill: the per-layer weights cut out of the stack."""
     if not self.hoist_layers:
       return params
-    return LoopParams(params=params, layers=nnx.merge(self.graphdef, params).layer_states())
+    return LoopParams(params=params, layers=nnx.merge(self.graphdef, params).cached_layers())
 
   def init_cache(self, *, batch: int, length: int) -> KVCache:
     cache = init_cache(self.config, batch=batch, length=length, dtype=self.cache_dtype)
@@ -87,5 +89,5 @@ class CausalLMDecoder:
       params, layers = params.params, params.layers
     model = nnx.merge(self.graphdef, params)
     hidden, cache = model(tokens, positions=positions, attention_mask=attention_mask, cache=cache,
-                          last_only=True, layer_states=layers)
+                          last_only=True, cached_layers=layers)
     return model.logits(hidden)[:, 0], cache
