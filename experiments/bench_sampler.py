@@ -4,6 +4,9 @@ Model: the project's tiny Qwen2 (vocab 512, hidden 256, 4 layers, 8 heads, 2 KV 
 built with `transformers`, saved and loaded into our `CausalLM` by `models.hf_io`. Workload: 128 sequences x 64 new tokens,
 temperature 1.0 (HPT's rollout setting), no EOS, so both sides produce exactly 128 x 64 tokens.
 Compile time is reported separately and excluded from our tokens/s (one program serves a whole run).
+The sides take turns (ours, transformers at 1 thread, at torch's default threads, ours, ...), so a
+change of the machine's load hits both; CPU seconds (all threads of the process) are printed beside
+wall time, since on shared cores wall time depends on the other load much more.
 
   python experiments/bench_sampler.py            # the issue's benchmark
   python experiments/bench_sampler.py --smoke    # a seconds-long version for CI
@@ -45,22 +48,21 @@ def load_same_weights(hf: torch.nn.Module) -> tuple[CausalLMDecoder, nnx.State]:
     return CausalLMDecoder.from_model(load_pretrained(path))
 
 
-def time_ours(sampler: Sampler, params, prompts, *, new_tokens: int, repeats: int):
+def ours_runner(sampler: Sampler, params, prompts, *, new_tokens: int):
+  """Compiles (first call, timed) and returns a one-run closure; each run uses a fresh seed."""
   strategy = Categorical(temperature=1.0)
   start = time.perf_counter()
   out = sampler.generate(params, prompts, strategy=strategy, max_new_tokens=new_tokens, seed=0)
-  first = time.perf_counter() - start
+  compile_s = time.perf_counter() - start
   assert int(out.output.mask.sum()) == len(prompts) * new_tokens
-  times, cpu = [], []
-  for seed in range(1, repeats + 1):
-    start, start_cpu = time.perf_counter(), time.process_time()
-    sampler.generate(params, prompts, strategy=strategy, max_new_tokens=new_tokens, seed=seed)
-    times.append(time.perf_counter() - start)
-    cpu.append(time.process_time() - start_cpu)
-  return first, statistics.median(times), statistics.median(cpu)
+  seeds = iter(range(1, 1 << 30))
+  run = lambda: sampler.generate(params, prompts, strategy=strategy, max_new_tokens=new_tokens,
+                                 seed=next(seeds))
+  return run, compile_s
 
 
-def time_hf(hf, prompts, *, new_tokens: int, prompt_len: int, repeats: int) -> float:
+def hf_runner(hf, prompts, *, new_tokens: int, prompt_len: int, threads: int):
+  """A one-run closure of `transformers.generate` on the same left-padded batch with `threads`."""
   ids = np.full((len(prompts), prompt_len), PAD, np.int64)
   mask = np.zeros_like(ids)
   for row, p in enumerate(prompts):
@@ -69,18 +71,31 @@ def time_hf(hf, prompts, *, new_tokens: int, prompt_len: int, repeats: int) -> f
   kwargs = dict(attention_mask=torch.tensor(mask), max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                 pad_token_id=PAD, eos_token_id=None)
-  times, cpu = [], []
+
+  def run():
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+      out = hf.generate(torch.tensor(ids), **kwargs)
+    assert out.shape == (len(prompts), prompt_len + new_tokens), out.shape
+
+  # Warm-up (lazy torch / generate setup), excluded as our compile is.
+  torch.set_num_threads(threads)
   with torch.inference_mode():
-    # Warm-up (lazy torch / generate setup), excluded as our compile is.
     hf.generate(torch.tensor(ids[:2]), **{**kwargs, "attention_mask": kwargs["attention_mask"][:2],
                                            "max_new_tokens": 2, "min_new_tokens": 2})
-    for _ in range(repeats):
+  return run
+
+
+def time_interleaved(runners: dict, *, repeats: int) -> dict:
+  """Median (wall s, CPU s) of each runner, the runners taking turns so that they share the load."""
+  times = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, run in runners.items():
       start, start_cpu = time.perf_counter(), time.process_time()
-      out = hf.generate(torch.tensor(ids), **kwargs)
-      times.append(time.perf_counter() - start)
-      cpu.append(time.process_time() - start_cpu)
-  assert out.shape == (len(prompts), prompt_len + new_tokens), out.shape
-  return statistics.median(times), statistics.median(cpu)
+      run()
+      times[name].append((time.perf_counter() - start, time.process_time() - start_cpu))
+  return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+          for name, ts in times.items()}
 
 
 def main():
@@ -89,6 +104,8 @@ def main():
   parser.add_argument("--sequences", type=int, default=128)
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--torch_threads", type=int, default=0,
+                      help="time transformers with this many torch threads only (0: 1 and torch's default)")
   args = parser.parse_args()
   sequences, new_tokens, repeats = ((8, 8, 1) if args.smoke else
                                     (args.sequences, args.new_tokens, args.repeats))
@@ -104,25 +121,28 @@ def main():
   sampler = Sampler(decoder, eos_ids=[NO_EOS], pad_id=PAD,
                     buckets=Buckets(prompt=(prompt_bucket,), response=(new_tokens,)))
 
-  first, ours, ours_cpu = time_ours(sampler, params, prompts, new_tokens=new_tokens,
-                                   repeats=repeats)
+  run_ours, first = ours_runner(sampler, params, prompts, new_tokens=new_tokens)
   # torch's OpenMP pool degrades badly when the cores are shared, so transformers is timed with one
   # thread and with torch's default, and compared at its faster setting.
   default_threads = torch.get_num_threads()
-  hf_runs = {}
-  for threads in sorted({1, default_threads}):
-    torch.set_num_threads(threads)
-    hf_runs[threads] = time_hf(hf, prompts, new_tokens=new_tokens, prompt_len=prompt_bucket,
-                               repeats=repeats)
+  thread_counts = sorted({1, default_threads} if args.torch_threads == 0 else {args.torch_threads})
+  runners = {"ours": run_ours}
+  for threads in thread_counts:
+    runners[threads] = hf_runner(hf, prompts, new_tokens=new_tokens, prompt_len=prompt_bucket,
+                                 threads=threads)
+  load_before = os.getloadavg()[0]
+  medians = time_interleaved(runners, repeats=repeats)
   torch.set_num_threads(default_threads)
+  ours, ours_cpu = medians.pop("ours")
+  hf_runs = medians
   best_threads = min(hf_runs, key=lambda t: hf_runs[t][0])
   theirs, theirs_cpu = hf_runs[best_threads]
   total = sequences * new_tokens
   # CPU seconds (all threads of this process) are printed too: on a shared machine wall time
   # depends on the other load, CPU time much less.
   print(f"device: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} CPUs, load "
-        f"average {os.getloadavg()[0]:.1f}; {sequences} sequences x {new_tokens} new tokens, prompts "
-        f"left-padded to {prompt_bucket}, median of {repeats}")
+        f"average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; {sequences} sequences x {new_tokens} "
+        f"new tokens, prompts left-padded to {prompt_bucket}, median of {repeats} interleaved runs")
   print(f"hpt_jax sampler:        {total / ours:10.1f} tokens/s  ({ours:.3f} s wall, {ours_cpu:.3f} s "
         f"CPU; first call incl. compile {first:.2f} s)")
   for threads, (wall, cpu) in hf_runs.items():
