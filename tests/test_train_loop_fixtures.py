@@ -40,11 +40,13 @@ def multiprocess_config(builtin_dir) -> c.TrainConfig:
   """2 HPT steps on a data=4 mesh (2 processes x 2 devices, or 1 process x 4 devices).
 
   4-row updates (several per step) with the loss at T = 0.8 while rollouts are drawn at T = 1, so
-  the later updates' π_old is recomputed; rewards from `lenient_scorer` (see `multiprocess_data`).
+  the later updates' π_old is recomputed; rewards from `lenient_scorer` (see `multiprocess_data`);
+  validation (the evaluator through the same sampler) after the last step.
   """
   from hpt_jax.training.mesh import MeshConfig
   config = tiny_config(pathlib.Path(builtin_dir), steps=2, algorithm="hpt", mesh=MeshConfig(data=4),
-                       batch=c.BatchConfig(prompts_per_step=4, rows_per_optimizer_step=4, rows_per_micro_batch=4))
+                       batch=c.BatchConfig(prompts_per_step=4, rows_per_optimizer_step=4, rows_per_micro_batch=4),
+                       validation=c.ValidationConfig(every_steps=2, num_problems=4))
   phase = config.phases[0]
   return dataclasses.replace(config, phases=(dataclasses.replace(
       phase, loss=dataclasses.replace(phase.loss, temperature=0.8)),))

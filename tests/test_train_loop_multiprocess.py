@@ -1,6 +1,6 @@
 """Two `jax.distributed` processes on localhost (CPU, 2 fake devices each) run 2 HPT steps — rollouts
 (the sampler across both processes), rewards (each process scores its block), gate, π_old recompute,
-updates — and agree with one process running the same global batch on 4 devices."""
+updates, validation — and agree with one process running the same global batch on 4 devices."""
 
 import os
 import pathlib
@@ -88,6 +88,7 @@ def test_two_processes_agree_with_one(tmp_path):
   # The steps exercised what they should: both kinds of rows, several updates, a recomputed π_old.
   assert sum(r["gate/rl_rows"] for r in single) > 0 and sum(r["gate/sft_rows"] for r in single) > 0
   assert sum(r["train/recomputed_old_logp_batches"] for r in single) > 0
+  assert "val/accuracy" in single[-1] and "val/accuracy" in multi[-1]
   for a, b in zip(single, multi):
     for key in a:
       if not key.startswith("perf/"):
