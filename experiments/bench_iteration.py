@@ -320,6 +320,11 @@ def run_trl(w: Workload, paths: dict[str, str], *, between=None) -> dict:
       if logs and "completions/mean_length" in logs:
         lengths.append(float(logs["completions/mean_length"]))
 
+  # trl runs where our JAX code runs: CPU here; on a GPU machine BENCH_TORCH_DEVICE=cuda (with TF32
+  # float32 matmuls, JAX's default precision there).
+  device = os.environ.get("BENCH_TORCH_DEVICE", "cpu")
+  if device != "cpu":
+    torch.set_float32_matmul_precision("high")
   torch.manual_seed(0)
   model = transformers.AutoModelForCausalLM.from_pretrained(paths["hf_dir"], dtype=torch.float32)
   generate = model.generate
@@ -333,7 +338,7 @@ def run_trl(w: Workload, paths: dict[str, str], *, between=None) -> dict:
   model.generate = timed_generate
   steps_per_update = max(1, w.rows // w.micro_rows)
   args = trl.GRPOConfig(
-      output_dir=tempfile.mkdtemp(prefix="bench_trl_"), use_cpu=True, bf16=False, fp16=False,
+      output_dir=tempfile.mkdtemp(prefix="bench_trl_"), use_cpu=device == "cpu", bf16=False, fp16=False,
       per_device_train_batch_size=min(w.micro_rows, w.rows), gradient_accumulation_steps=steps_per_update,
       num_generations=w.rollouts, max_completion_length=w.new_tokens, temperature=1.0, top_p=1.0, top_k=0,
       beta=0.0, num_iterations=1, loss_type="grpo", learning_rate=1e-6, weight_decay=0.0,
@@ -349,7 +354,7 @@ def run_trl(w: Workload, paths: dict[str, str], *, between=None) -> dict:
   per_iter_cpu = [b - a for a, b in zip(marks["cpu_start"], marks["cpu_end"])]
   return {
       "side": "trl", "algorithm": "grpo", "workload": dataclasses.asdict(w),
-      "device": f"torch cpu, {torch.get_num_threads()} threads", "trl_version": trl.__version__,
+      "device": f"torch {model.device}, {torch.get_num_threads()} threads", "trl_version": trl.__version__,
       "first_seconds": per_iter[0], "warm_seconds": statistics.median(per_iter[1:]), "warm_all": per_iter[1:],
       "warm_cpu_seconds": statistics.median(per_iter_cpu[1:]), "warm_cpu_all": per_iter_cpu[1:],
       "generated_tokens": statistics.median(lengths[1:] or lengths) * w.rows if lengths else float("nan"),
