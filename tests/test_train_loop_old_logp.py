@@ -3,7 +3,8 @@ policy, a teacher-forced recompute with the step's starting parameters otherwise
 
 References: the recompute at the sampling temperature must reproduce the sampler's own log-probs
 (another code path: KV-cache decoding); at another temperature it must equal a float64 NumPy
-log-softmax of the model's full logits."""
+log-softmax of the model's full logits. The same run (its compiled sampler) also checks DAPO's dynamic
+sampling against a replay of the data order."""
 
 import dataclasses
 
@@ -95,3 +96,40 @@ def test_recompute_equals_the_sampler_logprobs_when_nothing_differs(step_rows):
   # An independent check of the same numbers from the full logits.
   ref = _reference_logp(run, state.params, host_batch, 1.0)
   np.testing.assert_allclose(out.old_logp[rollout], ref[rollout], atol=1e-5, rtol=0)
+
+
+def test_dynamic_sampling_refills_from_the_data_order_with_the_real_sampler(step_rows):
+  """DAPO's filter wired into a run: refills come from the run's data sampler; the kept groups are the
+  informative ones in the order a replay of the data order and the sampler gives."""
+  from hpt_jax.training.config import GroupFilter, RowSource
+  from hpt_jax.training.rollout_phase import try_seed
+  run, state, _ = step_rows
+  cfg = run.config
+  run.config = dataclasses.replace(cfg, sampling=dataclasses.replace(
+      cfg.sampling, group_filter=GroupFilter.EQUAL_REWARDS, max_sampling_tries=4))
+  try:
+    assert run.dynamic_sampling(cfg.phases[0]) is None  # HPT's gate keeps every group
+    dynamic = run.dynamic_sampling(dataclasses.replace(cfg.phases[0], rows=RowSource.ROLLOUTS))
+  finally:
+    run.config = cfg
+  position = run.data.state_dict()
+  params = run.sampler_params(state)
+  with jax.set_mesh(run.mesh):
+    exp = collect(params=params, questions=run.data.next_batch(), source=RowSource.ROLLOUTS, sampler=run.sampler,
+                  strategy=run.strategy, num_samples=4, max_new_tokens=16, seed=7, score_fn=fx.lenient_scorer,
+                  gate=None, gate_state=None, dynamic=dynamic)
+    # Replay: the same data order, each batch sampled with its try's seed, the rule applied by hand.
+    run.data.load_state_dict(position)
+    kept, tries = [], 0
+    while len(kept) < 4 and tries < 4:
+      questions = run.data.next_batch()
+      out = run.sampler.generate(params, [q.prompt for q in questions], strategy=run.strategy, max_new_tokens=16,
+                                 num_samples=4, seed=try_seed(7, tries), prompt_ids=[q.index for q in questions])
+      scores = fx.lenient_scorer(out.texts, [q.ground_truth for q in questions for _ in range(4)])[0].reshape(4, 4)
+      kept += [q for q, s in zip(questions, scores) if len(set(s)) > 1]
+      tries += 1
+  # With this seed the first batch has uninformative groups, and refills complete the step.
+  assert tries >= 2 and len(kept) >= 4, (tries, len(kept))
+  assert exp.metrics["sampling/tries"] == tries and exp.rows.num_rows == 16
+  assert [np.asarray(p).tolist() for p in exp.rows.prompts[::4]] == [np.asarray(q.prompt).tolist() for q in kept[:4]]
+  assert all(len(set(exp.rows.rewards[i:i + 4])) > 1 for i in range(0, 16, 4))
