@@ -23,6 +23,7 @@ from typing import Any
 import jax
 
 from hpt_jax import data
+from hpt_jax.data import templates
 from hpt_jax import sampling
 from hpt_jax.evaluation import evaluator as evaluator_lib
 from hpt_jax.evaluation.backends import SamplerBackend
@@ -58,7 +59,12 @@ _RENDER_TEXT: dict[PromptStyle, Callable[[Any, str], str]] = {
     PromptStyle.LLAMA_ZERO: _training_text(data.PromptTemplate.LLAMA_ZERO),
 }
 # Whether the rendered text is encoded with the tokenizer's own special tokens (only Llama's BOS needs it).
-_ADD_SPECIAL_TOKENS = {PromptStyle.HARNESS: False, PromptStyle.CHAT: False, PromptStyle.LLAMA_ZERO: True}
+# The training templates take the data layer's rule, so evaluation and training cannot drift apart.
+_ADD_SPECIAL_TOKENS = {
+    PromptStyle.HARNESS: False,  # the chat template writes every special token itself
+    PromptStyle.CHAT: templates.adds_special_tokens(data.PromptTemplate.CHAT),
+    PromptStyle.LLAMA_ZERO: templates.adds_special_tokens(data.PromptTemplate.LLAMA_ZERO),
+}
 
 
 def make_render(style: PromptStyle, tokenizer: Any) -> Callable[[str], str]:
