@@ -292,3 +292,16 @@ def test_bf16_compute_keeps_fp32_master_weights(params, official_no_entropy):
   g32 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads32)])
   cosine = g16 @ g32 / (np.linalg.norm(g16) * np.linalg.norm(g32))
   assert cosine > 0.99, cosine
+
+  # One update: master weights and AdamW moments stay fp32 and move (bf16 rounding of a 5e-6 step
+  # would leave most weights unchanged; fp32 masters must not).
+  before = jax.tree.map(np.array, params)  # host copies: the step donates its parameters
+  state = state_lib.create_train_state(CFG, bf16.optimizer, seed=0, params=jax.tree.map(np.array, before))
+  new_state, metrics = bf16(state, batch)
+  assert not bool(metrics["optim/skipped"])
+  leaves = jax.tree.leaves(new_state.params) + jax.tree.leaves(new_state.opt_state.inner)
+  assert all(x.dtype == jnp.float32 for x in leaves if jnp.issubdtype(x.dtype, jnp.floating))
+  changed = sum(int(np.sum(np.asarray(a) != b)) for a, b in zip(jax.tree.leaves(new_state.params),
+                                                                jax.tree.leaves(before)))
+  total = sum(b.size for b in jax.tree.leaves(before))
+  assert changed > 0.9 * total, (changed, total)  # lr 5e-6 moves (almost) every fp32 weight
