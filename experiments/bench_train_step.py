@@ -9,6 +9,12 @@ official arithmetic). Both sides compute the same loss on the same rows; the fir
 side by side as a check. Steps are timed interleaved (ours, torch, ours, ...) so that on a shared machine
 both see the same load; medians are reported.
 
+Each step is timed in wall seconds and in process CPU seconds (`time.process_time`, all threads): on a
+machine shared with other jobs the CPU seconds are the steadier measure of the work a step costs. The
+load average is printed before and after. Log-probs use full logits by default (`--logprob-chunk 0`):
+with a 512-token vocabulary the [rows, 96, 512] float32 logits of a micro-batch are 6 MB, so recomputing
+chunks in the backward pass (what a 152k vocabulary needs) only costs time here.
+
 MFU = model FLOPs per second / a float32 matmul peak measured in this run (jnp 2048² matmuls).
 Model FLOPs of one step = 3 × forward matmul FLOPs (2·params-in-matmuls per token, including the
 unembedding, plus 4·L·S·N·H per token for attention scores and values over the S = 96 positions).
@@ -19,6 +25,7 @@ Compile time is excluded from our tokens/s and reported apart.
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -150,13 +157,11 @@ def torch_step_fn(hf, batch: batching.MicroBatches, *, width: int, one_batch: bo
   return step
 
 
-def timed(fn, repeats: int) -> tuple[float, list[float], object]:
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times), times, out
+def timed(fn) -> tuple[float, float]:
+  """(wall seconds, process CPU seconds) of one call."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main():
@@ -165,7 +170,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--rows-per-micro-batch", type=int, default=32,
                       help="our step accumulates gradients over micro-batches of this many rows")
-  parser.add_argument("--logprob-chunk", type=int, default=1024,
+  parser.add_argument("--logprob-chunk", type=int, default=0,
                       help="positions per log-prob chunk (recomputed in the backward pass); 0 = full logits")
   args = parser.parse_args()
   smoke = args.smoke
@@ -212,14 +217,16 @@ def main():
   torch_warm_s = time.perf_counter() - t
   torch_one_step()
   # Interleaved (ours, torch, torch one batch, ...): on a shared machine all see the same load.
+  load_before = os.getloadavg()[0]
   peaks = [matmul_peak(3)]
   jax_times, torch_times, one_times = [], [], []
   for _ in range(repeats):
-    jax_times.append(timed(jax_step, 1)[0])
-    torch_times.append(timed(torch_step, 1)[0])
-    one_times.append(timed(torch_one_step, 1)[0])
-  jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
-  one_s = statistics.median(one_times)
+    jax_times.append(timed(jax_step))
+    torch_times.append(timed(torch_step))
+    one_times.append(timed(torch_one_step))
+  med = lambda times, i: statistics.median(t[i] for t in times)
+  jax_s, torch_s, one_s = med(jax_times, 0), med(torch_times, 0), med(one_times, 0)
+  jax_cpu, torch_cpu, one_cpu = med(jax_times, 1), med(torch_times, 1), med(one_times, 1)
   peaks.append(matmul_peak(3))
   peak = max(peaks)  # the best the machine gave us, before or after the timed steps
   flops = step_flops(config, rows=rows.num_rows, seq=seq)
@@ -230,14 +237,17 @@ def main():
   print(f"first-step loss: ours {first_loss_jax:.6f}  torch {first_loss_torch:.6f}  "
         f"(|diff| {abs(first_loss_jax - first_loss_torch):.2e})")
   print(f"matmul peak (f32, 2048^2): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step {flops / 1e9:.2f} GFLOP")
-  print(f"ours : {tokens / jax_s:10.0f} tokens/s  step {jax_s * 1e3:8.1f} ms  MFU {flops / jax_s / peak:6.1%}  "
-        f"(compile + first step {compile_s:.1f} s)")
-  print(f"torch: {tokens / torch_s:10.0f} tokens/s  step {torch_s * 1e3:8.1f} ms  MFU {flops / torch_s / peak:6.1%}  "
-        f"(first step {torch_warm_s:.1f} s)")
-  print(f"torch, one batch: {tokens / one_s:5.0f} tokens/s  step {one_s * 1e3:8.1f} ms  MFU {flops / one_s / peak:6.1%}")
-  print(f"speed-up ours/torch: {torch_s / jax_s:.2f}x same micro-batches, {one_s / jax_s:.2f}x vs torch in one batch "
-        f"(medians of {repeats}; ms ours {[round(x * 1e3) for x in jax_times]}, torch "
-        f"{[round(x * 1e3) for x in torch_times]}, torch one batch {[round(x * 1e3) for x in one_times]})")
+  print(f"load average (1 min): {load_before:.1f} before the timed steps, {os.getloadavg()[0]:.1f} after")
+  print(f"ours : {tokens / jax_s:10.0f} tokens/s  step {jax_s * 1e3:8.1f} ms  {jax_cpu:6.2f} CPU-s  "
+        f"MFU {flops / jax_s / peak:6.1%}  (compile + first step {compile_s:.1f} s)")
+  print(f"torch: {tokens / torch_s:10.0f} tokens/s  step {torch_s * 1e3:8.1f} ms  {torch_cpu:6.2f} CPU-s  "
+        f"MFU {flops / torch_s / peak:6.1%}  (first step {torch_warm_s:.1f} s)")
+  print(f"torch, one batch: {tokens / one_s:5.0f} tokens/s  step {one_s * 1e3:8.1f} ms  {one_cpu:6.2f} CPU-s  "
+        f"MFU {flops / one_s / peak:6.1%}")
+  print(f"speed-up ours/torch, wall: {torch_s / jax_s:.2f}x same micro-batches, {one_s / jax_s:.2f}x vs torch in "
+        f"one batch; CPU seconds: {torch_cpu / jax_cpu:.2f}x, {one_cpu / jax_cpu:.2f}x (medians of {repeats})")
+  for name, times in (("ours", jax_times), ("torch", torch_times), ("torch one batch", one_times)):
+    print(f"  {name}: wall ms {[round(t[0] * 1e3) for t in times]}, CPU ms {[round(t[1] * 1e3) for t in times]}")
 
 
 if __name__ == "__main__":
