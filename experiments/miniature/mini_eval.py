@@ -61,16 +61,27 @@ def write_eval_file(path: pathlib.Path, *, levels: Sequence[int], per_level: int
   return data_lib.write_openr1(rows, path)
 
 
+def _finished(out_dir: pathlib.Path, *, eval_file: pathlib.Path, samples: int, response_len: int):
+  """(the complete cached results or None, the evaluation job)."""
+  job = evaluation.make_job(BENCHMARK, eval_file, temperature=0.6, top_p=0.95, max_new_tokens=response_len,
+                            num_samples=samples)
+  cached = results_path(out_dir, BENCHMARK)
+  done = read_results(cached) if cached.exists() else []
+  return (done if len(done) == len(job.problems) else None), job
+
+
+def finished_results(out_dir: pathlib.Path, *, eval_file: pathlib.Path, samples: int,
+                     response_len: int) -> list[ProblemResult] | None:
+  """The cached per-problem results if the evaluation in `out_dir` is complete, else None."""
+  return _finished(out_dir, eval_file=eval_file, samples=samples, response_len=response_len)[0]
+
+
 def evaluate_export(hf_dir: pathlib.Path, *, eval_file: pathlib.Path, out_dir: pathlib.Path,
                     samples: int, prompt_len: int, response_len: int, seed: int = 42) -> list[ProblemResult]:
   """Per-problem results of the HF export `hf_dir` on the built-in held-out file (cached in out_dir)."""
-  cached = results_path(out_dir, BENCHMARK)
-  job = evaluation.make_job(BENCHMARK, eval_file, temperature=0.6, top_p=0.95, max_new_tokens=response_len,
-                            num_samples=samples)
-  if cached.exists():
-    done = read_results(cached)
-    if len(done) == len(job.problems):
-      return done
+  done, job = _finished(out_dir, eval_file=eval_file, samples=samples, response_len=response_len)
+  if done is not None:
+    return done
   loaded = build.load_hf_model(hf_dir)
   evaluator = build.build_evaluator(
       loaded, prompt_style=build.PromptStyle.CHAT,

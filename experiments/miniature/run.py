@@ -78,7 +78,8 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
         report_only: bool = False, shard: tuple[int, int] = (0, 1)) -> pathlib.Path:
   """Pretrains the base, post-trains every run, evaluates, writes RESULTS.md; returns its path.
 
-  With `report_only`, trains nothing: RESULTS.md is rewritten from the runs already finished.
+  With `report_only`, trains and evaluates nothing: RESULTS.md is rewritten from the runs whose
+  evaluation is complete.
   `shard` = (i, N) post-trains only every N-th run starting at the i-th (processes sharing one
   workdir, each with its own results_dir; one `report_only` invocation then writes the whole table).
   The base must then exist already (every shard would otherwise pretrain it).
@@ -130,8 +131,9 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
   path = None
   for key in ms.all_runs(spec)[index::num_shards]:
     run_dir = workdir / key.name
-    if report_only and not _trained(run_dir):
-      continue
+    if report_only and mini_eval.finished_results(
+        run_dir / "eval", eval_file=eval_file, samples=spec.eval_samples, response_len=spec.response_len) is None:
+      continue  # not finished (another process may be training or evaluating it): never touched here
     log(f"post-training {key.name}")
     configs = ms.post_configs(spec, key, base_dir=base_dir / "hf_final", task_dir=post_task,
                               stage_dir=run_dir / "stage1" / "hf_final")
