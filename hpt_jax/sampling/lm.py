@@ -37,9 +37,10 @@ class CausalLMDecoder:
     graphdef: `nnx.split(model)[0]` of a `CausalLM`.
     config: the model's config (cache shape and dtype).
     cache_dtype: KV cache dtype; None = the config's compute dtype.
-    hoist_layers: slice the stacked layer weights once per `generate` call (`loop_params`) rather
-      than in every decode step. XLA:CPU copies such slices inside a loop body, i.e. all layer
-      weights once per token; hoisting costs one extra copy of the layer weights while sampling.
+    hoist_layers: make the layers' cached-call weights (`CausalLM.cached_layers`: slices of the
+      stacked [L, ...] weights, 2-D, in the compute dtype) once per `generate` call (`loop_params`)
+      rather than in every decode step, where XLA:CPU copied all layer weights once per token. The
+      price is one extra copy of the layer weights (compute dtype, same sharding) while sampling.
   """
 
   graphdef: nnx.GraphDef
@@ -55,7 +56,7 @@ class CausalLMDecoder:
     return cls(graphdef, model.config, cache_dtype, hoist_layers), params
 
   def loop_params(self, params: nnx.State) -> nnx.State | LoopParams:
-    """Called by the loop once, before the prefill: the per-layer weights cut out of the stack."""
+    """Called by the loop once, before the prefill: the layers' weights laid out for cached calls."""
     if not self.hoist_layers:
       return params
     return LoopParams(params=params, layers=nnx.merge(self.graphdef, params).cached_layers())
