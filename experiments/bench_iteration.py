@@ -69,6 +69,7 @@ class Workload:
   algorithm: str = "grpo"  # "grpo" (trl's workload) or "hpt" (the gate + HPT's loss)
   cpu_devices: int = 1  # ours: XLA host devices, batch rows split over them (mesh.data)
   logprob_chunk: int = 0  # ours: positions per log-prob chunk in the train step; 0 = full logits
+  torch_threads: int = 0  # trl: torch intra-op threads; 0 = torch's default (one per core)
 
   @property
   def rows(self) -> int:
@@ -323,6 +324,10 @@ def run_trl(w: Workload, paths: dict[str, str], *, between=None) -> dict:
   # trl runs where our JAX code runs: CPU here; on a GPU machine BENCH_TORCH_DEVICE=cuda (with TF32
   # float32 matmuls, JAX's default precision there).
   device = os.environ.get("BENCH_TORCH_DEVICE", "cpu")
+  if w.torch_threads:
+    # On an oversubscribed machine torch's spinning OpenMP threads burn CPU time waiting for each
+    # other; one thread measures trl's work rather than the machine's load.
+    torch.set_num_threads(w.torch_threads)
   if device != "cpu":
     torch.set_float32_matmul_precision("high")
   torch.manual_seed(0)
@@ -519,6 +524,9 @@ def main():
                       help="ours: XLA host devices (mesh.data); 2 uses both cores of a 2-core machine")
   parser.add_argument("--logprob-chunk", type=int, default=0,
                       help="ours: log-prob chunk of the train step (0 = full logits, right for a 512 vocab)")
+  parser.add_argument("--torch-threads", type=int, default=0, help="trl: torch threads (0 = torch's default)")
+  parser.add_argument("--no-separate-trl", action="store_true",
+                      help="trl only interleaved with ours (no run of its own, so no trl peak RSS)")
   parser.add_argument("--json", type=pathlib.Path, help="also write all results here")
   parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON list of jobs
   parser.add_argument("--paths", help=argparse.SUPPRESS)
@@ -539,7 +547,8 @@ def main():
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
                                " --xla_llvm_disable_expensive_passes=true").strip()
   else:
-    base = Workload(iters=args.iters, cpu_devices=args.cpu_devices, logprob_chunk=args.logprob_chunk)
+    base = Workload(iters=args.iters, cpu_devices=args.cpu_devices, logprob_chunk=args.logprob_chunk,
+                    torch_threads=args.torch_threads)
     size, timeout = ModelSize(), 1800
     token_sweep, rollout_sweep = (64, 128, 256, 512), (4, 8, 16)
   root = pathlib.Path(tempfile.mkdtemp(prefix="bench_iteration_"))
@@ -573,7 +582,8 @@ def main():
   if not args.no_hpt:
     results["ours_hpt"] = run_worker("ours", dataclasses.replace(base, algorithm="hpt"), paths, timeout=timeout)
   if not args.no_trl and not args.smoke:
-    results["trl"] = run_worker("trl", base, paths, timeout=timeout)  # its own process: its peak RSS
+    if not args.no_separate_trl:
+      results["trl"] = run_worker("trl", base, paths, timeout=timeout)  # its own process: its peak RSS
     results["interleaved"] = run_worker("interleaved", base, paths, timeout=2 * timeout)
   if args.warm_cache:
     cached = paths | {"compilation_cache": str(root / "jax_cache")}
