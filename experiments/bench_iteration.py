@@ -321,15 +321,13 @@ def run_trl(w: Workload, paths: dict[str, str], *, between=None) -> dict:
       if logs and "completions/mean_length" in logs:
         lengths.append(float(logs["completions/mean_length"]))
 
-  # trl runs where our JAX code runs: CPU here; on a GPU machine BENCH_TORCH_DEVICE=cuda (with TF32
-  # float32 matmuls, JAX's default precision there).
-  device = os.environ.get("BENCH_TORCH_DEVICE", "cpu")
+  # trl runs where our JAX code runs: CPU here; on a GPU machine BENCH_TORCH_DEVICE=cuda (torch_peer
+  # sets TF32 float32 matmuls there, JAX's default precision on GPU).
+  from torch_peer import DEVICE as TORCH_DEVICE
   if w.torch_threads:
     # On an oversubscribed machine torch's spinning OpenMP threads burn CPU time waiting for each
     # other; one thread measures trl's work rather than the machine's load.
     torch.set_num_threads(w.torch_threads)
-  if device != "cpu":
-    torch.set_float32_matmul_precision("high")
   torch.manual_seed(0)
   model = transformers.AutoModelForCausalLM.from_pretrained(paths["hf_dir"], dtype=torch.float32)
   generate = model.generate
@@ -343,7 +341,7 @@ def run_trl(w: Workload, paths: dict[str, str], *, between=None) -> dict:
   model.generate = timed_generate
   steps_per_update = max(1, w.rows // w.micro_rows)
   args = trl.GRPOConfig(
-      output_dir=tempfile.mkdtemp(prefix="bench_trl_"), use_cpu=device == "cpu", bf16=False, fp16=False,
+      output_dir=tempfile.mkdtemp(prefix="bench_trl_"), use_cpu=TORCH_DEVICE.type == "cpu", bf16=False, fp16=False,
       per_device_train_batch_size=min(w.micro_rows, w.rows), gradient_accumulation_steps=steps_per_update,
       num_generations=w.rollouts, max_completion_length=w.new_tokens, temperature=1.0, top_p=1.0, top_k=0,
       beta=0.0, num_iterations=1, loss_type="grpo", learning_rate=1e-6, weight_decay=0.0,

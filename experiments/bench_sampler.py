@@ -27,6 +27,7 @@ from flax import nnx
 from hpt_jax.models.hf_io import load_pretrained
 from hpt_jax.sampling import Buckets, Categorical, Sampler
 from hpt_jax.sampling.lm import CausalLMDecoder
+from torch_peer import DEVICE as TORCH_DEVICE, synchronize
 
 PAD = 0
 NO_EOS = -1  # an id no model can emit: every row runs to max_new_tokens
@@ -68,20 +69,21 @@ def hf_runner(hf, prompts, *, new_tokens: int, prompt_len: int, threads: int):
   for row, p in enumerate(prompts):
     ids[row, prompt_len - len(p):] = p
     mask[row, prompt_len - len(p):] = 1
-  kwargs = dict(attention_mask=torch.tensor(mask), max_new_tokens=new_tokens,
+  kwargs = dict(attention_mask=torch.tensor(mask, device=TORCH_DEVICE), max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                 pad_token_id=PAD, eos_token_id=None)
 
   def run():
     torch.set_num_threads(threads)
     with torch.inference_mode():
-      out = hf.generate(torch.tensor(ids), **kwargs)
+      out = hf.generate(torch.tensor(ids, device=TORCH_DEVICE), **kwargs)
+      synchronize()
     assert out.shape == (len(prompts), prompt_len + new_tokens), out.shape
 
   # Warm-up (lazy torch / generate setup), excluded as our compile is.
   torch.set_num_threads(threads)
   with torch.inference_mode():
-    hf.generate(torch.tensor(ids[:2]), **{**kwargs, "attention_mask": kwargs["attention_mask"][:2],
+    hf.generate(torch.tensor(ids[:2], device=TORCH_DEVICE), **{**kwargs, "attention_mask": kwargs["attention_mask"][:2],
                                            "max_new_tokens": 2, "min_new_tokens": 2})
   return run
 
@@ -113,6 +115,7 @@ def main():
   torch.manual_seed(0)
   hf = transformers.Qwen2ForCausalLM(hf_config(smoke=args.smoke)).eval()
   decoder, params = load_same_weights(hf)
+  hf = hf.to(TORCH_DEVICE)  # the peer on the same kind of chip (BENCH_TORCH_DEVICE)
   rng = np.random.default_rng(0)
   vocab = hf.config.vocab_size
   prompt_bucket = 32
@@ -140,7 +143,7 @@ def main():
   total = sequences * new_tokens
   # CPU seconds (all threads of this process) are printed too: on a shared machine wall time
   # depends on the other load, CPU time much less.
-  print(f"device: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} CPUs, load "
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, torch on {TORCH_DEVICE}, {os.cpu_count()} CPUs, load "
         f"average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; {sequences} sequences x {new_tokens} "
         f"new tokens, prompts left-padded to {prompt_bucket}, median of {repeats} interleaved runs")
   print(f"hpt_jax sampler:        {total / ours:10.1f} tokens/s  ({ours:.3f} s wall, {ours_cpu:.3f} s "
