@@ -54,6 +54,8 @@ def test_hpt_steps_write_metrics_and_checkpoints(straight_run):
                 "response/truncation_rate", "perf/sampling_tokens_per_s", "perf/training_tokens_per_s",
                 "reward/timeouts"):
       assert np.isfinite(r[key]), key
+    # Mean token entropy of the responses: a proper entropy of the model's next-token distribution.
+    assert 0.0 < r["train/entropy"] <= np.log(config.model.config.vocab_size) + 1e-6
     # HPT's gate: an RL question keeps its 4 rollouts, an SFT question contributes 1 demonstration row.
     sft = round(r["gate/sft_fraction"] * 4)
     assert r["gate/rl_rows"] == 4 * (4 - sft) and r["gate/sft_rows"] == sft

@@ -283,6 +283,7 @@ class _Run:
     out |= {f"train/{k.replace('/', '_')}": v for k, v in _mean_metrics(per_update).items()}
     out["train/loss"] = out.get("train/loss_total", float("nan"))
     out["train/grad_norm"] = out.get("train/optim_grad_norm", float("nan"))
+    out["train/entropy"] = out.get("train/policy_entropy", float("nan"))  # token-mean H of the responses
     out["train/skipped_updates"] = per_update[-1].get("optim/num_skipped", 0.0)
     out["train/optimizer_steps"] = float(len(per_update))
     out["train/recomputed_old_logp_batches"] = float(recomputed)
