@@ -15,7 +15,7 @@ load average is printed before and after. Log-probs use full logits by default (
 with a 512-token vocabulary the [rows, 96, 512] float32 logits of a micro-batch are 6 MB, so recomputing
 chunks in the backward pass (what a 152k vocabulary needs) only costs time here.
 
-MFU = model FLOPs per second / a float32 matmul peak measured in this run (jnp 2048² matmuls).
+MFU = model FLOPs per second / a float32 matmul peak measured in this run (jnp 2048² matmuls on CPU, 8192² on GPU).
 Model FLOPs of one step = 3 × forward matmul FLOPs (2·params-in-matmuls per token, including the
 unembedding, plus 4·L·S·N·H per token for attention scores and values over the S = 96 positions).
 Compile time is excluded from our tokens/s and reported apart.
@@ -42,6 +42,7 @@ from hpt_jax.models import CausalLM, ModelConfig
 from hpt_jax.models.hf_keys import KEY_TABLES, to_ours
 from hpt_jax.training import batching, optimizer as optim_lib, state as state_lib
 from hpt_jax.training.train_step import TrainStep
+from torch_peer import DEVICE as TORCH_DEVICE
 
 ENTROPY_COEFF = 0.001
 
@@ -96,7 +97,7 @@ def step_flops(config: ModelConfig, *, rows: int, seq: int) -> float:
 
 
 def matmul_peak(repeats: int) -> float:
-  n = 2048
+  n = 2048 if jax.default_backend() == "cpu" else 8192  # a GPU needs a big product to reach its peak
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x, y: x @ y)
   f(a, a).block_until_ready()
@@ -114,7 +115,7 @@ def torch_step_fn(hf, batch: batching.MicroBatches, *, width: int, one_batch: bo
   `one_batch=True` merges the micro-batches into one forward/backward (torch's fastest layout here; the
   per-micro-batch SFT/entropy means then become batch means, the same work)."""
   opt = torch.optim.AdamW(hf.parameters(), lr=5e-6, betas=(0.9, 0.999), weight_decay=0.01)
-  t = lambda x: torch.from_numpy(np.asarray(x))
+  t = lambda x: torch.from_numpy(np.asarray(x)).to(TORCH_DEVICE)
   tokens, positions = t(batch.tokens).long(), t(batch.positions).long()
   attention, targets = t(batch.attention_mask).long(), t(batch.targets).long()
   mask, demo = t(batch.response_mask), t(batch.is_demo)
@@ -148,11 +149,11 @@ def torch_step_fn(hf, batch: batching.MicroBatches, *, width: int, one_batch: bo
     for m in range(tokens.shape[0]):
       loss = micro_loss(m)
       loss.backward()
-      total += float(loss.detach())
+      total += loss.detach()  # a tensor: no device sync per micro-batch on a GPU
     norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
     if torch.isfinite(norm) and norm <= 80.0:
       opt.step()
-    return total
+    return float(total)
 
   return step
 
@@ -208,8 +209,9 @@ def main():
     jax.block_until_ready(holder["state"].params)
     return m
 
+  hf = hf.to(TORCH_DEVICE)  # the peer on the same kind of chip (BENCH_TORCH_DEVICE)
   torch_step = torch_step_fn(hf, batch, width=response_len)
-  hf_one = transformers.Qwen2ForCausalLM(hf.config).float()
+  hf_one = transformers.Qwen2ForCausalLM(hf.config).float().to(TORCH_DEVICE)
   hf_one.load_state_dict(hf.state_dict())  # the same start weights (hf has taken no step yet)
   torch_one_step = torch_step_fn(hf_one, batch, width=response_len, one_batch=True)
   t = time.perf_counter()
@@ -230,13 +232,13 @@ def main():
   peaks.append(matmul_peak(3))
   peak = max(peaks)  # the best the machine gave us, before or after the timed steps
   flops = step_flops(config, rows=rows.num_rows, seq=seq)
-  print(f"device: {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}; "
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, torch on {TORCH_DEVICE}, threads {torch.get_num_threads()}; "
         f"{rows.num_rows} sequences x {seq} tokens ({int(rows.is_demo.sum())} demonstration rows); ours in "
         f"{batch.tokens.shape[0]} micro-batches of {bm} rows, both sides; log-prob chunk "
         f"{args.logprob_chunk or 'none (full logits)'}")
   print(f"first-step loss: ours {first_loss_jax:.6f}  torch {first_loss_torch:.6f}  "
         f"(|diff| {abs(first_loss_jax - first_loss_torch):.2e})")
-  print(f"matmul peak (f32, 2048^2): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step {flops / 1e9:.2f} GFLOP")
+  print(f"matmul peak (f32): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step {flops / 1e9:.2f} GFLOP")
   print(f"load average (1 min): {load_before:.1f} before the timed steps, {os.getloadavg()[0]:.1f} after")
   print(f"ours : {tokens / jax_s:10.0f} tokens/s  step {jax_s * 1e3:8.1f} ms  {jax_cpu:6.2f} CPU-s  "
         f"MFU {flops / jax_s / peak:6.1%}  (compile + first step {compile_s:.1f} s)")
