@@ -5,7 +5,9 @@ Names are flat strings `group/name` (TensorBoard groups on the prefix). The ones
   gate/sft_fraction                   fraction of the step's questions sent to SFT
   gate/off_example_ratio              demonstration rows / all training rows (the paper's Fig. 6)
   response/length_mean, response/truncation_rate
-  train/entropy, train/grad_norm, train/skipped_updates, train/clip_fraction*
+  train/entropy, train/grad_norm, train/skipped_updates
+  train/algo_clipped_frac, train/algo_dual_clipped_frac   clip fractions (the algorithm's; LUFFY/SRFT
+                                      prefix on-policy ones with on_)
   perf/sampling_tokens_per_s, perf/training_tokens_per_s, reward/timeouts
 The train step reports its own `train/*` values; this module computes the rollout-side ones from
 plain NumPy arrays (they never enter a jitted function) and writes everything.
