@@ -3,6 +3,10 @@
   python experiments/miniature/run.py                    # full: 3 seeds (21 post-training runs)
   python experiments/miniature/run.py --reduced          # 1 seed, fewer steps (marked in RESULTS.md)
   python experiments/miniature/run.py --workdir /tmp/m   # elsewhere (default runs/miniature)
+  # On a shared machine: pretrain with the plain command, then split the runs over processes and
+  # write RESULTS.md from all of them (how the committed full run was made):
+  python experiments/miniature/run.py --workdir W --shard 0/2 --results_dir /tmp/r0 &  # and 1/2
+  python experiments/miniature/run.py --workdir W --report_only
 
 Everything runs in this one process, and a persistent XLA compilation cache under the workdir lets a
 run load the programs an earlier run (or invocation) compiled. A rerun with the same workdir skips
