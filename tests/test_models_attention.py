@@ -7,23 +7,7 @@ from flax import nnx
 
 from hpt_jax.models import DTypePolicy, presets
 from hpt_jax.models.attention import attend
-from hpt_jax.models.testing import padded_batch, random_model, valid_max_abs_diff
-
-
-def _numpy_attention(q, k, v, mask):
-  """Per head n, KV head n // G: softmax over valid keys of q.k / sqrt(H), then weighted v."""
-  b, t, n, h = q.shape
-  group = n // k.shape[2]
-  out = np.zeros((b, t, n, h))
-  for bi in range(b):
-    for ni in range(n):
-      scores = q[bi, :, ni] @ k[bi, :, ni // group].T / np.sqrt(h)        # [T, S]
-      scores = np.where(mask[bi], scores, -np.inf)
-      for ti in range(t):
-        if mask[bi, ti].any():
-          w = np.exp(scores[ti] - scores[ti].max())
-          out[bi, ti, ni] = (w / w.sum()) @ v[bi, :, ni // group]
-  return out
+from hpt_jax.models.testing import numpy_attention, padded_batch, random_model, valid_max_abs_diff
 
 
 def test_attention_full_and_chunked_match_numpy_and_each_other():
@@ -33,7 +17,7 @@ def test_attention_full_and_chunked_match_numpy_and_each_other():
              for shape in ((b, t, n, h), (b, s, kv, h), (b, s, kv, h)))
   mask = rng.random((b, t, s)) < 0.7
   mask[1, 3] = False  # a query with no valid key (padding) must stay finite
-  want = _numpy_attention(q.astype(np.float64), k, v, mask)
+  want = numpy_attention(q.astype(np.float64), k, v, mask)
 
   @jax.jit
   def both(q, k, v, mask):

@@ -10,23 +10,7 @@ from flax import nnx
 
 from hpt_jax.models import init_cache, presets
 from hpt_jax.models.attention import attend_cache
-from hpt_jax.models.testing import padded_batch, random_model
-
-
-def _numpy_attention(q, k, v, mask):
-  """q [B, T, N, H], k/v [B, K, S, H] (cache layout), mask [B, T, S]: per head n, KV head n // G."""
-  b, t, n, h = q.shape
-  group = n // k.shape[1]
-  out = np.zeros((b, t, n, h))
-  for bi in range(b):
-    for ni in range(n):
-      scores = q[bi, :, ni] @ k[bi, ni // group].T / np.sqrt(h)             # [T, S]
-      scores = np.where(mask[bi], scores, -np.inf)
-      for ti in range(t):
-        if mask[bi, ti].any():
-          w = np.exp(scores[ti] - scores[ti].max())
-          out[bi, ti, ni] = (w / w.sum()) @ v[bi, ni // group]
-  return out
+from hpt_jax.models.testing import numpy_attention, padded_batch, random_model
 
 
 def test_attend_cache_matches_numpy_full_and_chunked():
@@ -36,7 +20,8 @@ def test_attend_cache_matches_numpy_full_and_chunked():
   k, v = (rng.normal(size=(b, kv, s, h)).astype(np.float32) for _ in range(2))
   mask = rng.random((b, t, s)) < 0.7
   mask[0, 2] = False  # a query with no valid key stays finite
-  want = _numpy_attention(q.astype(np.float64), k, v, mask)
+  # The reference takes k/v as [B, S, K, H]; the cache layout is [B, K, S, H].
+  want = numpy_attention(q.astype(np.float64), k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
 
   @jax.jit
   def both(q, k, v, mask):
@@ -57,7 +42,8 @@ def test_attend_cache_one_query_matches_numpy():
   k, v = (rng.normal(size=(b, kv, s, h)).astype(np.float32) for _ in range(2))
   mask = rng.random((b, 1, s)) < 0.6
   mask[:, :, 0] = True
-  want = _numpy_attention(q.astype(np.float64), k, v, mask)
+  # The reference takes k/v as [B, S, K, H]; the cache layout is [B, K, S, H].
+  want = numpy_attention(q.astype(np.float64), k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
   got = np.asarray(jax.jit(attend_cache)(q, k, v, mask))
   assert np.abs(got - want).max() <= 1e-5
 

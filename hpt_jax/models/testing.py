@@ -75,3 +75,24 @@ def valid_max_abs_diff(a, b, mask) -> float:
 
 def jnp_batch(*arrays):
   return tuple(jnp.asarray(x) for x in arrays)
+
+
+def numpy_attention(q, k, v, mask) -> np.ndarray:
+  """A float64 NumPy reference of grouped-query attention (test oracle).
+
+  q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] (True = query t may attend key s). Per head n, KV head
+  n // (N / K): softmax over the allowed keys of q.k / sqrt(H), then the weighted v. A query with no
+  allowed key gives zeros. Returns [B, T, N, H].
+  """
+  b, t, n, h = q.shape
+  group = n // k.shape[2]
+  out = np.zeros((b, t, n, h))
+  for bi in range(b):
+    for ni in range(n):
+      scores = q[bi, :, ni] @ k[bi, :, ni // group].T / np.sqrt(h)        # [T, S]
+      scores = np.where(mask[bi], scores, -np.inf)
+      for ti in range(t):
+        if mask[bi, ti].any():
+          w = np.exp(scores[ti] - scores[ti].max())
+          out[bi, ti, ni] = (w / w.sum()) @ v[bi, :, ni // group]
+  return out
