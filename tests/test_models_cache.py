@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from hpt_jax.models import init_cache, presets
@@ -54,3 +55,23 @@ def test_prefill_then_16_steps_equals_uncached_forward():
   assert valid_max_abs_diff(cached, reference, mask) <= 1e-5
   # Sanity: the comparison can fail (logits change along the sequence).
   assert valid_max_abs_diff(cached[:, 1:], reference[:, :-1], mask[:, 1:] & mask[:, :-1]) > 1e-3
+
+
+def test_grow_keeps_the_written_slots_and_adds_empty_ones():
+  config = presets.tiny(num_layers=2)
+  rng = np.random.default_rng(3)
+  cache = init_cache(config, batch=2, length=5)
+  cache = cache.replace(
+      k=tuple(jnp.asarray(rng.normal(size=x.shape), x.dtype) for x in cache.k),
+      v=tuple(jnp.asarray(rng.normal(size=x.shape), x.dtype) for x in cache.v),
+      key_mask=jnp.asarray(rng.random((2, 5)) < 0.5), index=jnp.int32(4))
+  grown = cache.grow(8)
+  assert grown.length == 8 and int(grown.index) == 4
+  for old, new in zip(cache.k + cache.v, grown.k + grown.v):
+    assert new.shape == (2, config.num_kv_heads, 8, config.head_dim)
+    np.testing.assert_array_equal(np.asarray(new[:, :, :5]), np.asarray(old))
+    np.testing.assert_array_equal(np.asarray(new[:, :, 5:]), 0.0)
+  np.testing.assert_array_equal(np.asarray(grown.key_mask[:, :5]), np.asarray(cache.key_mask))
+  assert not np.asarray(grown.key_mask[:, 5:]).any()
+  with pytest.raises(ValueError, match="KVCache.grow: length 4"):
+    cache.grow(4)

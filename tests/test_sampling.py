@@ -309,3 +309,74 @@ def test_inverse_cdf_sample_matches_numpy_inversion():
   np.testing.assert_array_equal(got, expected)
   assert got[1] == 7 and got[2] == 29 and got[4] == 17
   assert np.isfinite(logits[np.arange(6), got]).all()
+
+
+def test_phase_ends_split_the_response_into_aligned_phases():
+  # Hand-computed: T = 64 in 4 phases of 16; T = 40 in 2 phases (ceil(20 / 8) * 8 = 24); a T below
+  # 2 * MIN_PHASE_STEPS, or one phase asked for, is a single phase on the full cache.
+  assert sampling.phase_ends(64, 4) == (16, 32, 48, 64)
+  assert sampling.phase_ends(64, 8) == (16, 32, 48, 64)  # at least 16 columns per phase
+  assert sampling.phase_ends(40, 4) == (24, 40)
+  assert sampling.phase_ends(100, 3) == (40, 72, 100)
+  assert sampling.phase_ends(31, 4) == (31,)
+  assert sampling.phase_ends(64, 1) == (64,)
+  with pytest.raises(ValueError, match="decode_phases"):
+    sampling.phase_ends(64, 0)
+
+
+_GROWN_LENGTHS = []  # cache lengths the phased fake model was traced with
+
+
+@dataclasses.dataclass(frozen=True)
+class GrowingModel(TableModel):
+  """`TableModel` whose cache holds a [B, S] token buffer it writes, plus `grow_cache` (phases).
+
+  The logits add a term from the sum over the whole buffer, so a write past a too-short cache
+  (`dynamic_update_slice` clamps it onto earlier slots) would change the samples.
+  """
+
+  decode_phases: int = 4
+
+  def init_cache(self, *, batch, length):
+    _GROWN_LENGTHS.append(length)
+    return {"index": jnp.zeros((), jnp.int32), "buf": jnp.zeros((batch, length), jnp.int32)}
+
+  def grow_cache(self, cache, length):
+    _GROWN_LENGTHS.append(length)
+    extra = length - cache["buf"].shape[1]
+    return {**cache, "buf": jnp.pad(cache["buf"], ((0, 0), (0, extra)))}
+
+  def __call__(self, params, tokens, *, positions, attention_mask, cache):
+    logits, new = super().__call__(params, tokens, positions=positions, attention_mask=attention_mask,
+                                   cache=cache)
+    buf = jax.lax.dynamic_update_slice(cache["buf"], tokens, (0, cache["index"]))
+    total = jnp.sum(buf, axis=1) % params["pos"].shape[0]
+    return logits + params["slot"][total], {**new, "buf": buf}
+
+
+def test_phased_decode_equals_one_phase_and_grows_the_cache():
+  params = _table_params(8, scale=0.5, max_len=128)
+  strategy = Categorical(temperature=1.0)
+  kw = dict(strategy=strategy, max_new=40, response_len=40, num_samples=2, seed=3, eos=-1)  # no EOS
+  one = _run(GrowingModel(decode_phases=1), params, PROMPTS, **kw)
+  _GROWN_LENGTHS.clear()
+  phased = _run(GrowingModel(decode_phases=4), params, PROMPTS, **kw)
+  assert _GROWN_LENGTHS == [6 + 24, 6 + 40]  # prompt bucket 6 + phase_ends(40, 4)
+  np.testing.assert_array_equal(phased.tokens, one.tokens)
+  np.testing.assert_array_equal(phased.logprobs, one.logprobs)
+  assert phased.num_steps == 40 and phased.mask.all()
+  # The check can fail: caches 2 slots shorter than asked (1 is spare) clamp the last write of each
+  # phase onto an earlier slot, and the samples change.
+  short = _run(ShortGrowingModel(decode_phases=4), params, PROMPTS, **kw)
+  assert not np.array_equal(short.tokens, one.tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShortGrowingModel(GrowingModel):
+  """`GrowingModel` whose caches are 2 slots shorter than asked (a broken cache, for the test)."""
+
+  def init_cache(self, *, batch, length):
+    return super().init_cache(batch=batch, length=length - 2)
+
+  def grow_cache(self, cache, length):
+    return super().grow_cache(cache, length - 2)

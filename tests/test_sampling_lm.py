@@ -1,5 +1,7 @@
 """The sampler on the real Flax `CausalLM`, against `transformers` (torch) tiny random Qwen2 / Llama."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -124,3 +126,21 @@ def test_sharded_sampling_equals_single_device(tmp_path):
                            num_samples=2, seed=3).output
   np.testing.assert_array_equal(got.tokens, ref.tokens)
   np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
+
+
+def test_phased_decode_equals_one_phase(tmp_path):
+  # T = 32: two phases (caches of 12 + 16 and 12 + 32 slots) against one loop on the full cache.
+  _, path = _hf_model("qwen2", tmp_path)
+  decoder, params = _ours(path)
+  buckets = Buckets(prompt=(12,), response=(32,))
+  outs = []
+  for phases in (1, 2):
+    sampler = Sampler(dataclasses.replace(decoder, decode_phases=phases), eos_ids=[-1], pad_id=PAD,
+                      buckets=buckets)
+    outs.append(sampler.generate(params, PROMPTS, strategy=Categorical(), max_new_tokens=32,
+                                 seed=1).output)
+  assert sampling.phase_ends(32, 2) == (16, 32)
+  np.testing.assert_array_equal(outs[1].tokens, outs[0].tokens)
+  # Softmax sums over 28 instead of 44 slots (the extra ones exactly 0) round differently.
+  np.testing.assert_allclose(outs[1].logprobs, outs[0].logprobs, atol=1e-5)
+  assert outs[0].mask.all()

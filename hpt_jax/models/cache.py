@@ -43,6 +43,19 @@ class KVCache:
     return self.replace(k=tuple(map(rows, self.k)), v=tuple(map(rows, self.v)),
                         key_mask=rows(self.key_mask))
 
+  def grow(self, length: int) -> "KVCache":
+    """The same cache with `length` >= S slots: slots [S, length) empty (zeros, key_mask False).
+
+    A sampler decodes in phases on caches just long enough for each phase (decode attention reads
+    every slot of the buffer), growing the cache in between.
+    """
+    extra = length - self.length
+    if extra < 0:
+      raise ValueError(f"KVCache.grow: length {length} is shorter than the cache's {self.length} slots")
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
+    return self.replace(k=tuple(map(pad, self.k)), v=tuple(map(pad, self.v)),
+                        key_mask=jnp.pad(self.key_mask, ((0, 0), (0, extra))))
+
 
 def init_cache(config: ModelConfig, *, batch: int, length: int, dtype=None) -> KVCache:
   """An empty cache for `batch` rows of `length` slots (dtype defaults to the config's compute dtype)."""

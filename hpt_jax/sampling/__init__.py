@@ -13,6 +13,7 @@ from hpt_jax.sampling.loop import SampleOutput
 from hpt_jax.sampling.loop import generate
 from hpt_jax.sampling.loop import jit_sample
 from hpt_jax.sampling.loop import left_pad_positions
+from hpt_jax.sampling.loop import phase_ends
 from hpt_jax.sampling.loop import repeat_prompts
 from hpt_jax.sampling.loop import row_keys
 from hpt_jax.sampling.loop import sample
@@ -43,6 +44,7 @@ __all__ = [
     "left_pad",
     "left_pad_positions",
     "make_strategy",
+    "phase_ends",
     "repeat_prompts",
     "row_keys",
     "sample",

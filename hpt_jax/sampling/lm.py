@@ -29,6 +29,15 @@ class LoopParams:
   layers: tuple[CachedLayer, ...]
 
 
+def _pin_layout(cache: KVCache) -> KVCache:
+  """Under a mesh, the cache's layout from the model's rules table (else as it is)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return cache
+  specs = model_sharding.cache_shardings(cache, mesh)
+  return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, s.spec), cache, specs)
+
+
 @dataclasses.dataclass(frozen=True)
 class CausalLMDecoder:
   """Hashable (graphdef, config) pair: a static argument of the jitted loop; params stay arguments.
@@ -41,19 +50,23 @@ class CausalLMDecoder:
       stacked [L, ...] weights, 2-D, in the compute dtype) once per `generate` call (`loop_params`)
       rather than in every decode step, where XLA:CPU copied all layer weights once per token. The
       price is one extra copy of the layer weights (compute dtype, same sharding) while sampling.
+    decode_phases: split the decode loop into up to this many phases whose caches hold only the
+      slots the phase can fill (`loop.phase_ends`), so decode attention does not read empty slots;
+      each phase is one more compiled loop body. 1 = one loop on the full P + T cache.
   """
 
   graphdef: nnx.GraphDef
   config: ModelConfig
   cache_dtype: Any = None
   hoist_layers: bool = True
+  decode_phases: int = 4
 
   @classmethod
-  def from_model(cls, model: CausalLM, *, cache_dtype: Any = None, hoist_layers: bool = True
-                 ) -> tuple["CausalLMDecoder", nnx.State]:
+  def from_model(cls, model: CausalLM, *, cache_dtype: Any = None, hoist_layers: bool = True,
+                 decode_phases: int = 4) -> tuple["CausalLMDecoder", nnx.State]:
     """Splits a model into the decoder and its parameter state (the arrays are shared, not copied)."""
     graphdef, params = nnx.split(model)
-    return cls(graphdef, model.config, cache_dtype, hoist_layers), params
+    return cls(graphdef, model.config, cache_dtype, hoist_layers, decode_phases), params
 
   def loop_params(self, params: nnx.State) -> nnx.State | LoopParams:
     """Called by the loop once, before the prefill: the layers' weights laid out for cached calls."""
@@ -62,23 +75,17 @@ class CausalLMDecoder:
     return LoopParams(params=params, layers=nnx.merge(self.graphdef, params).cached_layers())
 
   def init_cache(self, *, batch: int, length: int) -> KVCache:
-    cache = init_cache(self.config, batch=batch, length=length, dtype=self.cache_dtype)
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-      return cache
-    # Under a mesh, pin the cache layout (batch over data/fsdp, KV heads over tensor) from the model's
-    # rules table, so the while-loop carry keeps it instead of whatever propagation picks.
-    specs = model_sharding.cache_shardings(cache, mesh)
-    return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, s.spec), cache, specs)
+    # Under a mesh the layout is pinned (batch over data/fsdp, KV heads over tensor), so the
+    # while-loop carry keeps it instead of whatever propagation picks.
+    return _pin_layout(init_cache(self.config, batch=batch, length=length, dtype=self.cache_dtype))
 
   def repeat_cache(self, cache: KVCache, n: int) -> KVCache:
     """Every row of the cache repeated n times (adjacent): one prefill serves n samples."""
-    out = cache.repeat_rows(n)  # the cache knows its own layout
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-      return out
-    specs = model_sharding.cache_shardings(out, mesh)
-    return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(x, s.spec), out, specs)
+    return _pin_layout(cache.repeat_rows(n))  # the cache knows its own layout
+
+  def grow_cache(self, cache: KVCache, length: int) -> KVCache:
+    """The cache with `length` slots (the new ones empty), between decode phases."""
+    return _pin_layout(cache.grow(length))
 
   def __call__(self, params: nnx.State | LoopParams, tokens: Array, *, positions: Array,
                attention_mask: Array, cache: KVCache) -> tuple[Array, KVCache]:

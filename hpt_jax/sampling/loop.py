@@ -44,10 +44,49 @@ class DecodeModel(Protocol):
   # that has it gets each prompt prefilled once for its n samples; one without it prefills n copies.
   # Optional: `loop_params(params) -> params'`, called once before the prefill; the model is then
   # called with params' (e.g. weights re-laid-out once instead of in every step of the loop).
+  # Optional: `grow_cache(cache, length) -> cache` with `length` slots (the new ones empty) and
+  # `decode_phases: int`: the decode loop then runs in up to that many phases, each on a cache just
+  # long enough for its steps (see `phase_ends`), so attention does not read slots not yet written.
 
 
 def _repeat_cache_fn(model: DecodeModel):
   return getattr(model, "repeat_cache", None)
+
+
+# A phase shorter than this saves less attention work than its cache copy and compile time cost.
+MIN_PHASE_STEPS = 16
+# Phase ends are rounded up to this many steps (cache lengths stay multiples of it when P is).
+PHASE_ALIGN = 8
+
+
+def phase_ends(response_len: int, phases: int) -> tuple[int, ...]:
+  """The response columns at which decode phases end: phase i produces columns [ends[i-1], ends[i]).
+
+  The decode step that produces column j feeds the token at cache slot P + j - 1 and attends slots
+  [0, P + j), so phase i runs on a cache of P + ends[i] slots. The ends split T into about equal
+  phases of at least `MIN_PHASE_STEPS` columns, rounded up to multiples of `PHASE_ALIGN`; the last
+  end is T (the full cache).
+
+  Args:
+    response_len: T >= 1.
+    phases: the largest number of phases wanted (>= 1).
+
+  Returns:
+    Strictly increasing ends, the last one T.
+  """
+  if phases < 1:
+    raise ValueError(f"decode_phases must be >= 1, got {phases}")
+  n = max(1, min(phases, response_len // MIN_PHASE_STEPS))
+  align = lambda x: min(response_len, -(-x // PHASE_ALIGN) * PHASE_ALIGN)
+  ends = sorted({align(-(-response_len * i // n)) for i in range(1, n + 1)})
+  return tuple(ends)
+
+
+def _decode_phases(model: DecodeModel, response_len: int) -> tuple[int, ...]:
+  """The model's phase ends for T = response_len ((T,) when it cannot grow its cache)."""
+  if getattr(model, "grow_cache", None) is None:
+    return (response_len,)
+  return phase_ends(response_len, getattr(model, "decode_phases", 1))
 
 
 class FinishReason(enum.IntEnum):
@@ -170,6 +209,8 @@ def generate(
   token 0 from the last prompt position (always a real token under left padding). The while loop then
   feeds the previous token at slot P + t - 1 and samples token t, until every row has emitted an EOS id
   or `max_new_tokens` tokens. Finished rows keep being computed (static batch) but write pad_id / 0.
+  A model with `grow_cache` and `decode_phases` > 1 gets the loop split at `phase_ends`: the cache
+  starts shorter and grows between phases, so decode attention reads only slots that can be filled.
 
   With `num_samples` n > 1 each prompt row stands for n adjacent output rows: it is prefilled ONCE and
   its cache and last logits are repeated n times (when the model has `repeat_cache`; otherwise the
@@ -210,7 +251,8 @@ def generate(
   if loop_params is not None:
     params = loop_params(params)
 
-  cache = model.init_cache(batch=prefill_rows, length=prompt_len + response_len)
+  ends = _decode_phases(model, response_len)
+  cache = model.init_cache(batch=prefill_rows, length=prompt_len + ends[0])
   logits, cache = model(
       params, prompt_tokens, positions=left_pad_positions(prompt_mask), attention_mask=prompt_mask,
       cache=cache)
@@ -235,9 +277,6 @@ def generate(
                    max_new_tokens=max_new_tokens)
   state = _record(state, logits, **record_kw)
 
-  def cond(s: _LoopState) -> Array:
-    return ~jnp.all(s.done)
-
   def body(s: _LoopState) -> _LoopState:
     step_logits, new_cache = model(
         params, s.last_token[:, None], positions=s.next_position[:, None],
@@ -245,7 +284,12 @@ def generate(
     s = s.replace(cache=new_cache, next_position=s.next_position + 1)
     return _record(s, step_logits, **record_kw)
 
-  state = jax.lax.while_loop(cond, body, state)
+  for phase, end in enumerate(ends):
+    if phase:  # the next phase's cache: the written slots copied, `end - previous end` empty ones
+      state = state.replace(cache=model.grow_cache(state.cache, prompt_len + end))
+    # Static `end`: each phase is its own loop on its own cache length.
+    cond = lambda s, end=end: ~jnp.all(s.done) & (s.step < end)
+    state = jax.lax.while_loop(cond, body, state)
   # A column was written by a live row iff it is at or before the row's EOS and within max_new_tokens.
   columns = jnp.arange(response_len)[None, :]
   is_eos = jnp.isin(state.tokens, eos_ids)
