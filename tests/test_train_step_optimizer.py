@@ -89,3 +89,40 @@ def test_no_threshold_skips_only_non_finite_and_schedules_validate():
     optim_lib.OptimConfig(schedule=optim_lib.Schedule.WARMUP_COSINE, warmup_steps=5, total_steps=5)
   with pytest.raises(ValueError, match="skip_above_norm"):
     optim_lib.OptimConfig(skip_above_norm=0.0)
+
+
+def _warmup_cosine(t, *, lr, warmup, total, final):
+  """Linear 0 → lr over `warmup`, then cosine from lr to final·lr at `total` (held after)."""
+  if t < warmup:
+    return lr * t / warmup
+  frac = min(t - warmup, total - warmup) / (total - warmup)
+  return final * lr + (lr - final * lr) * 0.5 * (1 + np.cos(np.pi * frac))
+
+
+@pytest.mark.parametrize("start", [0, 30])
+def test_token_clock_schedule_reads_tokens_before_each_update(start):
+  # Constant gradients: Adam's bias-corrected direction is g/(|g| + eps) at every update, so each
+  # update is −lr(t)·that, t = start + the tokens of the updates applied before it.
+  cfg = optim_lib.OptimConfig(learning_rate=2.0, weight_decay=0.0, clip_norm=None, skip_above_norm=None,
+                              schedule=optim_lib.Schedule.WARMUP_COSINE, warmup_steps=20, total_steps=100,
+                              final_lr_ratio=0.1, schedule_unit=optim_lib.ScheduleUnit.TOKENS,
+                              schedule_start=start)
+  opt = optim_lib.make_optimizer(cfg)
+  g = {"w": jnp.asarray([0.5, -2.0])}
+  direction = np.asarray([0.5, -2.0]) / (np.abs([0.5, -2.0]) + 1e-8)
+  update = jax.jit(lambda s, n: opt.update(g, s, g, num_tokens=n))
+  s = opt.init(g)
+  t = start
+  for n in (7, 13, 1, 40, 55, 3):
+    u, s = update(s, jnp.int32(n))
+    expected = -_warmup_cosine(t, lr=2.0, warmup=20, total=100, final=0.1) * direction
+    np.testing.assert_allclose(np.asarray(u["w"]), expected, rtol=5e-5, atol=1e-7)  # float32 cos
+    t += n
+  # A skipped (non-finite) update moves the clock no more than optax's count.
+  clock = float(s.inner[-1].tokens)
+  _, s = opt.update({"w": jnp.asarray([jnp.nan, 1.0])}, s, g, num_tokens=1000)
+  assert bool(s.last_skipped) and float(s.inner[-1].tokens) == clock == t - start
+  with pytest.raises(ValueError, match="num_tokens"):
+    opt.update(g, s, g)
+  with pytest.raises(ValueError, match="schedule_start"):
+    optim_lib.OptimConfig(schedule_start=-1)

@@ -268,7 +268,17 @@ def baseline(name: str | algorithms.AlgorithmName, *, width: int) -> tuple[LossC
 
 @_section
 class TrainConfig:
-  """Everything a run needs; see the module docstring."""
+  """Everything a run needs; see the module docstring.
+
+  Attributes (beyond the sections):
+    training_token_budget: None, or stop the run after the first step at which the training tokens
+      consumed so far reach this many (the real prompt + response tokens of every row the train step
+      updated on, padding excluded: the `train/tokens` metric, summed in `train/tokens_total`). The
+      phases' `steps` are then an upper bound (the run ends at whichever comes first), the run exports
+      `hf_final` as at its last step, and a lr schedule meant to end with the budget counts tokens
+      (`optim.schedule_unit=TOKENS`, `optim.total_steps` = the budget).
+    seed: the run's seed (model init, sampling, data order).
+  """
   model: ModelSource = ModelSource()
   data: DataConfig = DataConfig()
   sampling: SamplingConfig = SamplingConfig()
@@ -280,6 +290,7 @@ class TrainConfig:
   validation: ValidationConfig = ValidationConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   logging: LoggingConfig = LoggingConfig()
+  training_token_budget: int | None = None
   seed: int = 0
 
   @property
@@ -359,6 +370,9 @@ def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
       raise ConfigError(f"phases.{i}.steps must be >= 0, got {phase.steps}")
   if not config.phases or config.total_steps < 1:
     raise ConfigError("phases: the run needs at least one phase with steps >= 1")
+  if config.training_token_budget is not None and config.training_token_budget < 1:
+    raise ConfigError(f"training_token_budget must be >= 1 (or None: no budget), got "
+                      f"{config.training_token_budget}")
 
   data, sampling, batch = config.data, config.sampling, config.batch
   if max(sampling.response_buckets) < data.max_response_length:

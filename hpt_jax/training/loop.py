@@ -15,6 +15,10 @@ One training step (PAPER.md §2.3):
   4. metrics are written (JSONL, TensorBoard, progress bar, a log line), validation runs every
      `validation.every_steps`, a checkpoint every `checkpoint.every_steps` and after the last step.
 
+The last step is the last phase's, or, with `training_token_budget`, the first step at which the
+training tokens (`train/tokens`: real tokens of the rows updated on, summed in `train/tokens_total`,
+which the checkpoint keeps for a resume) reach the budget.
+
 Exact resume: all randomness is indexed by the step (the sampler's seed is a hash of (seed, step)
 and the data sampler's position is checkpointed), so restarting from a checkpoint reproduces the
 uninterrupted run. SFT→GRPO is two `Phase`s of the same loop.
@@ -201,12 +205,13 @@ class _Run:
         opt_state=jax.tree.map(place, jax.eval_shape(self.optimizer.init, pure), o_shard),
         gate_state=self.gate.init(), rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=rep))
 
-  def host_state(self, step: int, best: BestTracker) -> dict:
+  def host_state(self, step: int, best: BestTracker, tokens: int) -> dict:
     return {"step": step, "data": self.data.state_dict(), "best": best.as_dict(),
-            "seed": self.config.seed}
+            "seed": self.config.seed, "training_tokens": tokens}
 
-  def checkpoint(self, step: int, state: TrainState, best: BestTracker, score: float | None) -> None:
-    self.checkpointer.save(step, state=state, host=self.host_state(step, best), score=score)
+  def checkpoint(self, step: int, state: TrainState, best: BestTracker, score: float | None,
+                 tokens: int) -> None:
+    self.checkpointer.save(step, state=state, host=self.host_state(step, best, tokens), score=score)
 
   def export(self, state: TrainState, name: str) -> pathlib.Path:
     """Writes an HF directory (every process joins the gathers; process 0 writes)."""
@@ -288,6 +293,7 @@ class _Run:
     out["train/optimizer_steps"] = float(len(per_update))
     out["train/recomputed_old_logp_batches"] = float(recomputed)
     out["train/phase"] = float(phase_index)
+    out["train/tokens"] = float(train_tokens)  # what training_token_budget counts
     out["perf/training_seconds"] = train_seconds
     out["perf/training_tokens_per_s"] = train_tokens / max(train_seconds, 1e-9)
     out["perf/step_seconds"] = time.perf_counter() - start
@@ -312,11 +318,13 @@ def train(config: TrainConfig, *, workdir: str | pathlib.Path, data: TrainingDat
   run = _Run(config, workdir, data)
   best = BestTracker(mode=config.checkpoint.best_mode)
   start = 0
+  tokens = 0  # training tokens so far (train/tokens_total)
   if run.checkpointer.latest_step() is None:
     state = run.initial_state()
   else:
     state, host = run.checkpointer.restore(like=run.abstract_state())
     start = int(host["step"])
+    tokens = int(host.get("training_tokens", 0))  # 0 for checkpoints written before the budget existed
     run.data.load_state_dict(host["data"])
     best = BestTracker.from_dict(config.checkpoint.best_mode, host["best"])
     logging.info("resumed from step %d in %s", start, run.checkpointer.directory)
@@ -325,6 +333,10 @@ def train(config: TrainConfig, *, workdir: str | pathlib.Path, data: TrainingDat
   run.writer.truncate_after(start if start > 0 else -1)
   total = config.total_steps
   end = total if stop_after_steps is None else min(total, start + stop_after_steps)
+  budget = config.training_token_budget
+  spent = lambda: budget is not None and tokens >= budget  # the run's last step is done
+  if spent():  # resumed from the checkpoint of the step that reached the budget
+    total = end = start
   progress = Progress(start=start, total=total, enabled=config.logging.progress_bar and
                       distributed.is_main_process(), log_summary=distributed.is_main_process(),
                       summary_every=config.logging.summary_every)
@@ -336,6 +348,10 @@ def train(config: TrainConfig, *, workdir: str | pathlib.Path, data: TrainingDat
     for step in range(start, end):
       state, metrics = run.one_step(state, step)
       done = step + 1
+      tokens += int(metrics["train/tokens"])
+      metrics["train/tokens_total"] = float(tokens)
+      if spent():  # the budget ends the run here: this step is the last one
+        total = end = done
       score = None
       if config.validation.every_steps and (done % config.validation.every_steps == 0 or done == total):
         val = run.validator(run.sampler_params(state), step=done)
@@ -346,7 +362,9 @@ def train(config: TrainConfig, *, workdir: str | pathlib.Path, data: TrainingDat
       if score is not None and best.update(done, score) and config.checkpoint.export_hf:
         outputs["hf_best"] = run.export(state, "hf_best")
       if done % config.checkpoint.every_steps == 0 or done == end:
-        run.checkpoint(done, state, best, score)
+        run.checkpoint(done, state, best, score, tokens)
+      if done == end:
+        break
     if end == total and config.checkpoint.export_hf:
       outputs["hf_final"] = run.export(state, "hf_final")
   finally:

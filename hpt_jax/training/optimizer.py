@@ -9,6 +9,14 @@ bias-corrected Adam step equals optax's `scale_by_adam → add_decayed_weights �
 Skipping here means the update is exactly zero AND the AdamW moments/count keep their old values
 (a zero gradient fed through Adam would still decay the moments and move the params via momentum),
 and `num_skipped` counts it.
+
+The lr schedule's clock is either the number of optimizer updates (optax's count) or the number of
+training tokens (`ScheduleUnit.TOKENS`): then `warmup_steps` / `total_steps` / `schedule_start` are
+token counts, the state carries the tokens of the updates applied so far, and the train step passes
+each update's real (attended) token count as `optimizer.update(..., num_tokens=...)`. Runs whose steps
+carry different numbers of tokens (HPT's demonstration rows replace n rollouts by 1) then see the same
+lr as a function of how much they have trained on, and a run that stops at a token budget
+(`TrainConfig.training_token_budget`) ends its schedule where the budget ends.
 """
 
 from __future__ import annotations
@@ -22,6 +30,12 @@ import jax.numpy as jnp
 import optax
 
 from hpt_jax.typing import Array
+
+
+class ScheduleUnit(enum.Enum):
+  """What the schedule's clock counts."""
+  UPDATES = enum.auto()  # optimizer updates applied (optax's count)
+  TOKENS = enum.auto()  # training tokens of the updates applied (`num_tokens` of each update)
 
 
 class Schedule(enum.Enum):
@@ -45,6 +59,11 @@ class OptimConfig:
   warmup_steps: int = 0
   total_steps: int = 0  # used by WARMUP_COSINE
   final_lr_ratio: float = 0.0
+  # The clock of warmup_steps / total_steps (updates, or training tokens).
+  schedule_unit: ScheduleUnit = ScheduleUnit.UPDATES
+  # Where the clock starts (in schedule_unit): a second run continuing a first one's schedule
+  # (SFT→GRPO as two runs) starts at the first run's count.
+  schedule_start: int = 0
 
   def __post_init__(self):
     if self.learning_rate <= 0:
@@ -58,6 +77,8 @@ class OptimConfig:
                        f"({self.warmup_steps}) for WARMUP_COSINE")
     if self.schedule is not Schedule.CONSTANT and self.warmup_steps < 0:
       raise ValueError(f"OptimConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+    if self.schedule_start < 0:
+      raise ValueError(f"OptimConfig.schedule_start must be >= 0, got {self.schedule_start}")
 
 
 def learning_rate_schedule(config: OptimConfig) -> optax.Schedule:
@@ -89,18 +110,20 @@ def skip_bad_updates(inner: optax.GradientTransformation, *,
 
   On a skipped step the returned updates are zeros and `inner`'s state is the old one.
   """
+  inner = optax.with_extra_args_support(inner)  # forwards extra args (num_tokens); no-op if it takes them
 
   def init(params):
     return SkipState(inner=inner.init(params), num_skipped=jnp.zeros((), jnp.int32),
                      last_grad_norm=jnp.zeros((), jnp.float32), last_skipped=jnp.zeros((), bool))
 
   def update(grads, state, params=None, **extra):
-    del extra
     norm = optax.global_norm(grads)
     ok = jnp.isfinite(norm)
     if max_norm is not None:
       ok &= norm <= max_norm
-    updates, new_inner = inner.update(grads, state.inner, params)
+    # extra (num_tokens) reaches a token-clock schedule; a skipped update leaves its clock too, as
+    # it leaves optax's update count.
+    updates, new_inner = inner.update(grads, state.inner, params, **extra)
     # where (not multiply): a NaN update times 0 is still NaN.
     updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
     new_inner = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_inner, state.inner)
@@ -110,15 +133,59 @@ def skip_bad_updates(inner: optax.GradientTransformation, *,
   return optax.GradientTransformationExtraArgs(init, update)
 
 
+class TokenClockState(NamedTuple):
+  tokens: Array  # float32 [], training tokens of the updates applied so far (from schedule_start)
+
+
+def scale_by_token_schedule(schedule: optax.Schedule, *, start: int = 0
+                            ) -> optax.GradientTransformationExtraArgs:
+  """updates · −schedule(start + tokens so far); each update adds its `num_tokens` to the clock.
+
+  The lr of an update is read before its own tokens are added (as optax's count is read before
+  it is incremented). float32 clock: exact to 2^24 tokens, relative error < 1e-6 beyond (a schedule
+  only needs the fraction of the way through).
+  """
+
+  def init(params):
+    del params
+    return TokenClockState(tokens=jnp.zeros((), jnp.float32))
+
+  def update(updates, state, params=None, *, num_tokens=None, **extra):
+    del params, extra
+    if num_tokens is None:
+      raise ValueError("optimizer.update: OptimConfig.schedule_unit=TOKENS needs num_tokens= (the update's "
+                       "training tokens)")
+    lr = schedule(jnp.float32(start) + state.tokens)
+    updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+    return updates, TokenClockState(tokens=state.tokens + jnp.asarray(num_tokens, jnp.float32))
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _scale_by_lr(config: OptimConfig) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(config)
+  match config.schedule_unit:
+    case ScheduleUnit.TOKENS:
+      return scale_by_token_schedule(schedule, start=config.schedule_start)
+    case ScheduleUnit.UPDATES:
+      start = config.schedule_start
+      return optax.scale_by_learning_rate(schedule if start == 0 else (lambda count: schedule(count + start)))
+  raise ValueError(f"OptimConfig.schedule_unit: unknown {config.schedule_unit}")
+
+
 def make_optimizer(config: OptimConfig) -> optax.GradientTransformationExtraArgs:
-  """clip_by_global_norm → AdamW (decoupled weight decay) → −lr·schedule, wrapped in the skip."""
+  """clip_by_global_norm → AdamW (decoupled weight decay) → −lr·schedule, wrapped in the skip.
+
+  `update(grads, state, params, num_tokens=...)`: `num_tokens` (the update's training tokens) drives
+  a `ScheduleUnit.TOKENS` schedule and is ignored otherwise.
+  """
   parts = []
   if config.clip_norm is not None:
     parts.append(optax.clip_by_global_norm(config.clip_norm))
   parts += [
       optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
       optax.add_decayed_weights(config.weight_decay),
-      optax.scale_by_learning_rate(learning_rate_schedule(config)),
+      _scale_by_lr(config),
   ]
   return skip_bad_updates(optax.chain(*parts), max_norm=config.skip_above_norm)
 

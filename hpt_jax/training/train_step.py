@@ -201,7 +201,10 @@ class TrainStep:
 
   def _update(self, params, opt_state, step, batch):
     loss, grads, metrics = self._loss_and_grads(params, batch)
-    updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
+    # The update's real tokens (prompt + response, padding excluded: what the loop counts for its
+    # token budget) drive a token-clock lr schedule (OptimConfig.schedule_unit=TOKENS).
+    updates, new_opt_state = self.optimizer.update(grads, opt_state, params,
+                                                   num_tokens=batch.attention_mask.sum())
     new_params = optim_lib.apply_updates_unless_skipped(params, updates, new_opt_state)
     metrics = metrics | {
         "optim/grad_norm": new_opt_state.last_grad_norm,
