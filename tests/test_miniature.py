@@ -18,6 +18,7 @@ import mini_eval  # noqa: E402
 import mini_results  # noqa: E402
 import mini_setup as ms  # noqa: E402
 from hpt_jax.evaluation.results import ProblemResult  # noqa: E402
+from hpt_jax.training.optimizer import ScheduleUnit  # noqa: E402
 
 
 def _result(pid, level, correct):
@@ -52,9 +53,23 @@ def test_run_keys_cover_table2_and_table6():
   # Equal rows per step: 8 rollouts; 7 rollouts + 1 demonstration; 8 demonstrations per question.
   assert grpo.sampling.rollouts_per_prompt == 8 and luffy.sampling.rollouts_per_prompt == 7
   assert sft.batch.prompts_per_step == 8 * grpo.batch.prompts_per_step
+  # Equal training tokens: every run stops at the budget, and its lr schedule runs over the budget's
+  # tokens; SFT→GRPO's GRPO stage gets what its SFT stage left and continues the same schedule.
+  budget = ms.Spec().token_budget
+  for config in (luffy, grpo, sft):
+    assert config.training_token_budget == budget
+    assert config.optim.schedule_unit is ScheduleUnit.TOKENS and config.optim.total_steps == budget
+    assert config.optim.schedule_start == 0 and config.total_steps == ms.Spec().max_steps
   two = ms.post_configs(ms.Spec(), ms.RunKey(ms.Method.SFT_GRPO, 0), base_dir=pathlib.Path("b"),
-                        task_dir=pathlib.Path("t"), stage_dir=pathlib.Path("s"))
-  assert sum(c.total_steps for c in two) == ms.Spec().steps
+                        task_dir=pathlib.Path("t"), stage_dir=pathlib.Path("s"), stage1_tokens=16_500)
+  assert [c.training_token_budget for c in two] == [budget // 2, budget - 16_500]
+  assert [c.optim.schedule_start for c in two] == [0, 16_500]
+  assert [c.optim.total_steps for c in two] == [budget, budget]
+  with pytest.raises(ValueError, match="stage1_tokens"):
+    ms.post_configs(ms.Spec(), ms.RunKey(ms.Method.SFT_GRPO, 0), base_dir=pathlib.Path("b"),
+                    task_dir=pathlib.Path("t"), stage_dir=pathlib.Path("s"), stage1_tokens=budget)
+  with pytest.raises(ValueError, match="token_budget"):
+    ms.Spec(token_budget=0)
 
 
 def test_eval_file_extends_held_out_with_unseen_problems(tmp_path):
@@ -104,7 +119,18 @@ def test_miniature_end_to_end(tmp_path):
   import run
   run.main(["--smoke", "--workdir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "res")])
   text = (tmp_path / "res" / "RESULTS.md").read_text()
-  assert "SMOKE run" in text and "Table 4 analogue" in text and "| GRPO | +" in text and "| HPT γ = 0 |" in text
+  assert "SMOKE run" in text and "Table 4 analogue" in text and "| SFT→GRPO | +" in text and "| HPT γ = 0 |" in text
+  assert "INCOMPLETE" not in text
+  # Both runs reached the token budget (a run stops at the first step that does); SFT→GRPO's stages
+  # together, its GRPO stage with what the SFT stage left.
+  budget = run.SMOKE["token_budget"]
+  work = tmp_path / "work"
+  hpt = [json.loads(l) for l in (work / "hpt_g0_s0" / "metrics.jsonl").read_text().splitlines()]
+  assert hpt[-1]["train/tokens_total"] >= budget > hpt[-2]["train/tokens_total"]
+  stage1 = [json.loads(l) for l in (work / "sft_grpo_s0" / "stage1" / "metrics.jsonl").read_text().splitlines()]
+  stage2 = [json.loads(l) for l in (work / "sft_grpo_s0" / "metrics.jsonl").read_text().splitlines()]
+  assert stage1[-1]["train/tokens_total"] >= budget // 2
+  assert stage1[-1]["train/tokens_total"] + stage2[-1]["train/tokens_total"] >= budget
   for name in ("val_accuracy", "off_example_ratio", "response_length"):
     assert (tmp_path / "res" / "plots" / f"{name}.png").stat().st_size > 1000
   # The HPT row's level-1 cell equals avg@k recomputed from the evaluator's per-problem file.

@@ -37,8 +37,9 @@ class Usage:
   """What one invocation cost: wall and CPU seconds (this process + finished children), load average."""
   wall_s: float
   cpu_s: float
-  load_min: float  # 1-minute load average, sampled after pretraining and after each run
+  load_min: float  # 1-minute load average, sampled every 30 s while the workers ran
   load_max: float
+  workers: int = 1  # post-training processes side by side
 
 
 def read_curve(*dirs: pathlib.Path, offset: int = 0) -> list[dict]:
@@ -82,19 +83,44 @@ def _score_row(label: str, outcomes: Sequence[RunOutcome] | None, base: Sequence
     scores = [mini_eval.level_scores(base)]
     tokens = "—"
     off = "—"
+    steps = "—"
   else:
     scores = [mini_eval.level_scores(o.results) for o in outcomes]
     tokens = f"{np.mean([o.tokens for o in outcomes]):,.0f}"
+    steps = f"{np.mean([len(o.records) for o in outcomes]):.0f}"
     ratios = [curves.series(o.records, curves.OFF_RATIO).values.mean() for o in outcomes
               if curves.series(o.records, curves.OFF_RATIO).values.size]
     off = f"{np.mean(ratios):.3f}" if ratios else "—"
   cells = [_mean_std([s[k] for s in scores]) for k in (*levels, "all")]
-  return f"| {label} | " + " | ".join(cells) + f" | {tokens} | {off} |"
+  return f"| {label} | " + " | ".join(cells) + f" | {tokens} | {steps} | {off} |"
 
 
 def _table(rows: Sequence[str], levels: Sequence[str]) -> str:
-  head = "| run | " + " | ".join(f"level {k}" for k in levels) + " | all | trained tokens | mean off_example_ratio |"
-  return "\n".join([head, "|" + "---|" * (len(levels) + 4), *rows])
+  head = ("| run | " + " | ".join(f"level {k}" for k in levels)
+          + " | all | trained tokens | steps | mean off_example_ratio |")
+  return "\n".join([head, "|" + "---|" * (len(levels) + 5), *rows])
+
+
+def plot_vs_tokens(groups: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], key: str,
+                   path: pathlib.Path, *, ylabel: str, title: str) -> pathlib.Path:
+  """One line per run (a colour per group) of `key` against the run's training tokens so far.
+
+  Runs of one method take different numbers of steps to spend the budget, so they are drawn against
+  `train/tokens_total` (the common clock, the lr schedule's too) and not averaged over seeds.
+  """
+  from hpt_jax import figures
+  plt = figures.pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, (label, runs) in enumerate(groups.items()):
+    for j, records in enumerate(runs):
+      pts = [(r["train/tokens_total"], r[key]) for r in records if key in r and "train/tokens_total" in r]
+      if pts:
+        x, y = zip(*pts)
+        ax.plot(np.asarray(x) / 1000, y, marker=".", color=f"C{i}", alpha=0.8, label=label if j == 0 else None)
+  ax.set(xlabel="training tokens (thousands)", ylabel=ylabel, title=title)
+  if ax.get_legend_handles_labels()[0]:  # nothing logged yet: no legend
+    ax.legend(fontsize=8)
+  return figures.save_figure(fig, path)
 
 
 def _exclusive(runs: Mapping[str, RunOutcome], spec: ms.Spec) -> str:
@@ -137,14 +163,14 @@ def write(spec: ms.Spec, *, runs: Mapping[str, RunOutcome], base: Sequence[Probl
   missing = [k.name for k in ms.all_runs(spec) if k.name not in runs]
   plots = results_dir / "plots"
   groups = {m.value: [o.records for o in by_method(m)] for m in ms.Method}
-  curves.plot_groups(groups, curves.VAL_ACCURACY, plots / "val_accuracy.png", ylabel="held-out accuracy (val)",
-                     title="validation accuracy during post-training (mean ± std over seeds)")
+  plot_vs_tokens(groups, curves.VAL_ACCURACY, plots / "val_accuracy.png", ylabel="held-out accuracy (val)",
+                 title="validation accuracy during post-training (one line per seed)")
   gates = {(f"HPT γ={g}/{spec.rollouts}" if g else "HPT γ=0"): [o.records for o in by_method(ms.Method.HPT, g)] for g in spec.gammas}
   gates["LUFFY"] = groups[ms.Method.LUFFY.value]
-  curves.plot_groups(gates, curves.OFF_RATIO, plots / "off_example_ratio.png", ylabel="off_example_ratio",
-                     title="share of demonstration rows per step")
-  curves.plot_groups(groups, curves.TRAIN_LENGTH, plots / "response_length.png",
-                     ylabel="rollout length (tokens)", title="response length")
+  plot_vs_tokens(gates, curves.OFF_RATIO, plots / "off_example_ratio.png", ylabel="off_example_ratio",
+                 title="share of demonstration rows per step")
+  plot_vs_tokens(groups, curves.TRAIN_LENGTH, plots / "response_length.png",
+                 ylabel="rollout length (tokens)", title="response length")
   minutes = {k: f"{v / 60:.1f}" for k, v in seconds.items()}
   counts = collections.Counter(str(r.level) for r in base)
   se = _se_line([base, *(o.results for o in runs.values())], levels)
@@ -155,12 +181,16 @@ def write(spec: ms.Spec, *, runs: Mapping[str, RunOutcome], base: Sequence[Probl
 
 Setup (experiments/miniature/mini_setup.py): the tiny Qwen2 (~3M parameters) pretrained by SFT for
 {spec.pretrain_steps} steps × {spec.pretrain_prompts} demonstrations on levels {spec.pretrain_levels} only, then
-post-trained on levels {spec.post_levels} for {spec.steps} steps × {spec.prompts} questions × {spec.rollouts} rows
-per method (lr {spec.lr}, the same for all methods, not tuned per method), seeds {spec.seeds}. Evaluation:
+post-trained on levels {spec.post_levels} with **an equal budget of {spec.token_budget:,} training tokens per run**
+(each run stops after the first step at which the real prompt + response tokens it has updated on reach
+the budget; SFT→GRPO: the SFT stage stops at half, the GRPO stage gets the rest), in steps of {spec.prompts}
+questions × {spec.rollouts} rows (lr peak {spec.lr}, the same for all methods, not tuned per method;
+{'constant' if spec.constant_lr else f'warm-up {spec.warmup_fraction:.0%} + cosine to {spec.final_lr_ratio:.0%} whose clock is the training-token count, so every method has the same lr at the same fraction of its budget; SFT→GRPO runs one schedule across its two stages'}), seeds {spec.seeds}. Evaluation:
 {', '.join(f"level {k}: {counts[k]}" for k in levels)} held-out problems, {spec.eval_samples} samples each at temperature 0.6 / top-p 0.95;
 cells are avg@{spec.eval_samples} (the paper's pass@1) in %, mean ± std over seeds. "trained tokens" is
-what the train step consumed (mean over seeds); HPT's SFT questions use 1 row instead of {spec.rollouts}, so
-its budget is at most the others'.
+what the train step consumed (mean over seeds; a run overshoots the budget by less than its last
+step), "steps" the optimizer updates it took (HPT's SFT questions use 1 row instead of {spec.rollouts}, so
+HPT needs more steps, and samples more rollouts, for the same tokens).
 
 ## Table 2 analogue: accuracy by level
 
@@ -187,9 +217,10 @@ this is noise; the mean over 3 seeds has about 1/√3 of it (plus the seed-to-se
 ![off_example_ratio](plots/off_example_ratio.png)
 ![response length](plots/response_length.png)
 
-This invocation: {usage.wall_s / 60:.1f} min wall, {usage.cpu_s / 60:.1f} CPU-min (process user + system, incl.
-finished child processes), 1-minute load average {usage.load_min:.1f}–{usage.load_max:.1f} on {os.cpu_count()} cores
-(sampled after each run). Training wall time per run, summed over invocations (min): {minutes}.
+This invocation: **{usage.wall_s / 60:.1f} min wall**, {usage.cpu_s / 60:.1f} CPU-min (user + system of the command's
+process and of the {usage.workers} post-training worker process(es) it ran), 1-minute load average
+{usage.load_min:.1f}–{usage.load_max:.1f} on {os.cpu_count()} cores (sampled every 30 s). Training wall time per run, summed
+over invocations (min): {minutes}.
 """
   path = results_dir / "RESULTS.md"
   # A hand-written analysis below the marker survives regeneration (e.g. --report_only).

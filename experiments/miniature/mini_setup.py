@@ -4,12 +4,16 @@ Task: the built-in column-addition task (hpt_jax.data.arithmetic), level L = two
   1. Base model: the tiny Qwen2 (presets.tiny, ~3M parameters) pretrained briefly by SFT on levels 1-2
      only, so that, like Qwen2.5-Math base, it solves the easy questions some of the time and never
      the hard ones (level 3 has one more column than it has ever seen).
-  2. Post-training on levels 1-3 with the demonstrations, every method at the same budget of rows:
-     each step offers P questions × n = 8 rows (GRPO: 8 rollouts; LUFFY: 7 rollouts + the
-     demonstration; SFT: P·8 demonstrations; HPT: 8 rollouts, or 1 demonstration where the gate
-     sends the question to SFT — so HPT trains on at most the others' tokens, never more);
-     SFT→GRPO spends half the steps on each stage. The trained-token totals are measured and
-     reported next to the scores.
+  2. Post-training on levels 1-3 with the demonstrations, every method at the same budget of
+     TRAINING TOKENS (`token_budget`: the real prompt + response tokens of the rows the train step
+     updates on, `TrainConfig.training_token_budget`): a run stops after the first step at which it
+     has trained on that many. Each step offers P questions × n = 8 rows (GRPO: 8 rollouts; LUFFY: 7
+     rollouts + the demonstration; SFT: P·8 demonstrations; HPT: 8 rollouts, or 1 demonstration where
+     the gate sends the question to SFT), so HPT, whose SFT questions cost 1 row instead of 8, takes
+     more steps (and samples more rollouts) to spend the same budget. SFT→GRPO spends half the
+     budget on each stage. The lr schedule's clock is the training-token count (warm-up + cosine over
+     the budget), so every method sees the same lr at the same fraction of its budget; SFT→GRPO's
+     GRPO stage continues the schedule where its SFT stage stopped.
   3. Held-out evaluation: `eval_per_level` problems per level that no run trains on, `eval_samples`
      samples each at temperature 0.6 / top-p 0.95 (the paper's protocol), avg@k and pass@k.
 
@@ -26,7 +30,7 @@ import pathlib
 from hpt_jax.hybrid.objective import AdvantageEstimator, LossConfig, LossMode
 from hpt_jax.models import presets
 from hpt_jax.training import config as c
-from hpt_jax.training.optimizer import OptimConfig, Schedule
+from hpt_jax.training.optimizer import OptimConfig, Schedule, ScheduleUnit
 from hpt_jax.upge import algorithms
 
 
@@ -43,11 +47,23 @@ class Spec:
     both lost most of the base's accuracy (GRPO's rollout accuracy fell from 47 % to 0 %), the
     constant-lr collapse again. 1e-4 peak puts the schedule's mean (~5e-5) where the default run's
     RL phase acted and improved (the tail of its cosine). Lowered for all methods alike.
-  - 32 steps of P = 4 questions × n = 8 rows, one optimizer update per step: 4x the reduced run's 8
-    updates, every update on-policy (the importance ratio is exactly 1, so the official loss's
-    unclipped ratio never acts), and one update per step makes every method's lr schedule the same
-    function of the step. P = 4 rather than 8 is the price of fitting 21 runs into 60 minutes on 2
-    cores (measured: ~5 CPU-s per 64-row step).
+  - token budget 32,768 per run (SFT→GRPO: the SFT stage stops at half, the GRPO stage gets the
+    rest). Steps of P = 4 questions × n = 8 rows, one on-policy optimizer update per step (the
+    importance ratio is exactly 1, so the official loss's unclipped ratio never acts). At the
+    previous session's measured rates (tokens per step: SFT ~1,640, GRPO/LUFFY ~1,540, HPT γ = 0
+    ~830, γ = 2/8 ~590) that is ~20-22 steps for SFT, GRPO, LUFFY and SFT→GRPO and ~40-56 for HPT.
+    Chosen (before any token-matched result existed) to fit 21 runs into the 60-minute target on 2
+    cores: ~1.6 CPU-s per step (~1.1 s the 32-row update, measured alone), ~700 steps in all.
+    `max_steps` = 200 only guards against a run that never reaches its budget (RESULTS.md reports the
+    tokens each run trained on).
+  - the previous session's full run gave every method 32 steps instead (HPT then trained on about
+    half the others' tokens); its RESULTS.md is in git history (commit 3c3e1f4).
+  - compute (the 60-minute target): the runs are post-trained by 2 worker processes side by side
+    (run.py --workers; the 32-row update keeps about one core busy: 1.22 s wall for 1.14 CPU-s, so
+    one process leaves the second core mostly idle), pretraining and evaluation sizes are unchanged
+    from the previous full run (38 CPU-min in all then, ~33 CPU-min expected now: ~6 pretraining +
+    base evaluation, ~18 for ~700 post-training steps, ~9 for 21 runs' compilation, loading and
+    evaluation), i.e. ~20 min on 2 idle cores.
   - evaluation: every held-out problem level 1 allows (50 of its 100; the other 50 are trained on),
     and 150 for levels 2-3 (eval_extra more, drawn distinct and absent from every training file):
     a per-level standard error of ~4 points per seed instead of ~8 at 32 problems.
@@ -57,7 +73,9 @@ class Spec:
   pretrain_steps: int = 100
   pretrain_prompts: int = 64
   pretrain_lr: float = 2e-3
-  steps: int = 32
+  token_budget: int = 32_768  # training tokens per post-training run (SFT→GRPO: half per stage)
+  max_steps: int = 200  # an upper bound only: runs end at the token budget
+  validate_every: int = 8  # steps between validations during post-training
   prompts: int = 4  # P questions per step
   rollouts: int = 8  # n
   lr: float = 1e-4  # peak of the warm-up + cosine schedule (all post-training runs; 3e-4 collapsed RL)
@@ -74,6 +92,11 @@ class Spec:
   methods: tuple["Method", ...] | None = None  # None: all five (the smoke test runs fewer)
   # Constant lr (the REDUCED run's setting, kept to reproduce it); False: warm-up + cosine.
   constant_lr: bool = False
+
+  def __post_init__(self):
+    for name in ("token_budget", "max_steps", "validate_every", "prompts", "rollouts", "pretrain_steps"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"Spec.{name} must be >= 1, got {getattr(self, name)}")
 
 
 class Method(enum.Enum):
@@ -101,26 +124,34 @@ def _model(spec: Spec):
   return presets.tiny(max_position_embeddings=2 * (spec.prompt_len + spec.response_len))
 
 
-def _optim(spec: Spec, *, lr: float, updates: int) -> OptimConfig:
-  """AdamW at `lr`: warm-up + cosine over `updates` optimizer updates (or constant, spec.constant_lr)."""
+def _optim(spec: Spec, *, lr: float, length: int, unit: ScheduleUnit = ScheduleUnit.UPDATES,
+           start: int = 0) -> OptimConfig:
+  """AdamW at `lr`: warm-up + cosine over `length` updates or tokens (or constant, spec.constant_lr).
+
+  `start`: where the clock starts (SFT→GRPO's second stage continues the first's schedule).
+  """
   if spec.constant_lr:
     return OptimConfig(learning_rate=lr, weight_decay=0.0, skip_above_norm=None)
-  warmup = max(1, round(spec.warmup_fraction * updates))
+  warmup = max(1, round(spec.warmup_fraction * length))
   return OptimConfig(learning_rate=lr, weight_decay=0.0, skip_above_norm=None, schedule=Schedule.WARMUP_COSINE,
-                     warmup_steps=warmup, total_steps=max(updates, warmup + 1),
-                     final_lr_ratio=spec.final_lr_ratio)
+                     warmup_steps=warmup, total_steps=max(length, warmup + 1),
+                     final_lr_ratio=spec.final_lr_ratio, schedule_unit=unit, schedule_start=start)
 
 
 def _base(spec: Spec, *, levels: tuple[int, ...], task_dir: pathlib.Path, seed: int,
           prompts: int, rollouts: int, lr: float, phases: tuple[c.Phase, ...],
-          model: c.ModelSource, gamma: int = 0, validate_every: int = 0) -> c.TrainConfig:
+          model: c.ModelSource, gamma: int = 0, validate_every: int = 0, budget: int | None = None,
+          schedule_start: int = 0) -> c.TrainConfig:
   # validation.num_problems is also the held-out count per level of the built-in task (the data
   # source ties them), so it is eval_per_level in every run: pretraining and post-training then
   # hold out the same problems and no run trains on an evaluation question.
-  # The schedule spans the updates a full step makes (P·n rows / rows_per_update each); HPT's steps
-  # with SFT questions carry fewer rows, so its lr decays a little less far by the end.
-  rows_per_step = prompts * rollouts
-  updates = sum(ph.steps for ph in phases) * -(-rows_per_step // spec.rows_per_update)
+  # Without a budget (pretraining) the schedule spans the updates of the run's steps; with one, it
+  # spans the budget's tokens (the whole run's: SFT→GRPO's stages share one schedule).
+  if budget is None:
+    updates = sum(ph.steps for ph in phases) * -(-prompts * rollouts // spec.rows_per_update)
+    optim = _optim(spec, lr=lr, length=updates)
+  else:
+    optim = _optim(spec, lr=lr, length=spec.token_budget, unit=ScheduleUnit.TOKENS, start=schedule_start)
   return c.TrainConfig(
       model=model,
       data=c.DataConfig(builtin_problems=2000 * len(levels), builtin_levels=levels, builtin_seed=0,
@@ -131,7 +162,7 @@ def _base(spec: Spec, *, levels: tuple[int, ...], task_dir: pathlib.Path, seed: 
       gate=c.GateConfig(gamma_count=gamma),
       batch=c.BatchConfig(prompts_per_step=prompts, rows_per_optimizer_step=spec.rows_per_update,
                           rows_per_micro_batch=spec.rows_per_update),
-      optim=_optim(spec, lr=lr, updates=updates),
+      optim=optim, training_token_budget=budget,
       phases=phases,
       validation=c.ValidationConfig(every_steps=validate_every, before_training=False,
                                     num_problems=spec.eval_per_level, samples_per_problem=1),
@@ -155,36 +186,43 @@ def _grpo(width: int) -> LossConfig:
 
 
 def post_configs(spec: Spec, key: RunKey, *, base_dir: pathlib.Path, task_dir: pathlib.Path,
-                 stage_dir: pathlib.Path | None = None) -> list[c.TrainConfig]:
+                 stage_dir: pathlib.Path | None = None, stage1_tokens: int | None = None) -> list[c.TrainConfig]:
   """The config(s) of one post-training run starting from the HF export `base_dir`.
 
-  SFT→GRPO returns two configs: the SFT stage, and the GRPO stage starting from `stage_dir` (the
-  SFT stage's export).
+  Every run stops at `spec.token_budget` training tokens (`max_steps` is only a bound). SFT→GRPO
+  returns two configs: the SFT stage (half the budget), and the GRPO stage starting from
+  `stage_dir` (the SFT stage's export) with the rest of the budget, `token_budget − stage1_tokens`,
+  and the lr schedule continued from `stage1_tokens` (the SFT stage's measured count; before the SFT
+  stage has run, pass None: half the budget stands in for it).
   """
   model = c.ModelSource(config=_model(spec), hf_dir=base_dir, tokenizer_dir=base_dir)
-  w, p, n, s = spec.response_len, spec.prompts, spec.rollouts, spec.steps
+  w, p, n, s = spec.response_len, spec.prompts, spec.rollouts, spec.max_steps
+  budget = spec.token_budget
   common = dict(levels=spec.post_levels, task_dir=task_dir, seed=key.seed, lr=spec.lr,
-                validate_every=max(1, s // 4))
+                validate_every=spec.validate_every)
   sft_loss, sft_rows = c.baseline("sft", width=w)
   if key.method is Method.SFT:
-    return [_base(spec, prompts=p * n, rollouts=1, model=model,
+    return [_base(spec, prompts=p * n, rollouts=1, model=model, budget=budget,
                   phases=(c.Phase(loss=sft_loss, rows=sft_rows, steps=s),), **common)]
   if key.method is Method.GRPO:
-    return [_base(spec, prompts=p, rollouts=n, model=model,
+    return [_base(spec, prompts=p, rollouts=n, model=model, budget=budget,
                   phases=(c.Phase(loss=_grpo(w), rows=c.RowSource.ROLLOUTS, steps=s),), **common)]
   if key.method is Method.SFT_GRPO:
-    half = s // 2
+    first = budget // 2 if stage1_tokens is None else stage1_tokens
+    if not 0 < first < budget:
+      raise ValueError(f"stage1_tokens={stage1_tokens}: the SFT stage must leave part of the token budget "
+                       f"({budget}) to the GRPO stage")
     stage2 = c.ModelSource(config=_model(spec), hf_dir=stage_dir, tokenizer_dir=base_dir)
-    return [_base(spec, prompts=p * n, rollouts=1, model=model,
-                  phases=(c.Phase(loss=sft_loss, rows=sft_rows, steps=half),), **common),
-            _base(spec, prompts=p, rollouts=n, model=stage2,
-                  phases=(c.Phase(loss=_grpo(w), rows=c.RowSource.ROLLOUTS, steps=s - half),), **common)]
+    return [_base(spec, prompts=p * n, rollouts=1, model=model, budget=budget // 2,
+                  phases=(c.Phase(loss=sft_loss, rows=sft_rows, steps=s),), **common),
+            _base(spec, prompts=p, rollouts=n, model=stage2, budget=budget - first, schedule_start=first,
+                  phases=(c.Phase(loss=_grpo(w), rows=c.RowSource.ROLLOUTS, steps=s),), **common)]
   if key.method is Method.LUFFY:
     loss, rows = c.baseline("luffy", width=w)
-    return [_base(spec, prompts=p, rollouts=n - 1, model=model, phases=(c.Phase(loss=loss, rows=rows, steps=s),),
-                  **common)]
+    return [_base(spec, prompts=p, rollouts=n - 1, model=model, budget=budget,
+                  phases=(c.Phase(loss=loss, rows=rows, steps=s),), **common)]
   loss, rows = c.baseline("hpt", width=w)
-  return [_base(spec, prompts=p, rollouts=n, model=model, gamma=key.gamma,
+  return [_base(spec, prompts=p, rollouts=n, model=model, gamma=key.gamma, budget=budget,
                 phases=(c.Phase(loss=loss, rows=rows, steps=s),), **common)]
 
 
