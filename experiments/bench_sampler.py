@@ -8,24 +8,32 @@ The sides take turns (ours, transformers at 1 thread, at torch's default threads
 change of the machine's load hits both; CPU seconds (all threads of the process) are printed beside
 wall time, since on shared cores wall time depends on the other load much more.
 
+The floor analysis at the end: the matmul FLOPs our program performs (`sampler_flops`, incl. the
+padded prompt slots and the cache slots attention reads), the float32 matmul rates measured in the same
+run (the decode loop's largest product [B, D] x [D, 2F], and 2048^2), and the ratio over transformers
+that 100 % of the better rate would give: how far the measured ratio can go by faster kernels alone.
+
   python experiments/bench_sampler.py            # the issue's benchmark
   python experiments/bench_sampler.py --smoke    # a seconds-long version for CI
 """
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
 from flax import nnx
 
+from hpt_jax.models import ModelConfig
 from hpt_jax.models.hf_io import load_pretrained
-from hpt_jax.sampling import Buckets, Categorical, Sampler
+from hpt_jax.sampling import Buckets, Categorical, Sampler, phase_ends
 from hpt_jax.sampling.lm import CausalLMDecoder
 from torch_peer import DEVICE as TORCH_DEVICE, synchronize
 
@@ -40,6 +48,77 @@ def hf_config(*, smoke: bool) -> transformers.Qwen2Config:
                 num_attention_heads=8, num_key_value_heads=2))
   return transformers.Qwen2Config(max_position_embeddings=2048, tie_word_embeddings=True,
                                   rms_norm_eps=1e-6, rope_theta=10000.0, pad_token_id=PAD, **sizes)
+
+
+def linear_flops_per_token(config: ModelConfig) -> int:
+  """Matmul FLOPs of one token through one layer's projections and MLP (q, k, v, o, gate, up, down)."""
+  d, f = config.hidden_size, config.intermediate_size
+  nh, kh = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+  return 2 * d * (nh + 2 * kh) + 2 * nh * d + 2 * d * 2 * f + 2 * f * d
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerFlops:
+  """Matmul FLOPs of one `generate` call (float32 multiply-adds x 2)."""
+
+  prefill: float    # projections/MLP of the B x P padded prompt slots (last layer: q/k/v only but 1 row)
+  decode: float     # projections/MLP of the (T - 1) decode steps x B rows
+  lm_head: float    # [B, D] x [D, V] once per response token
+  attention: float  # scores and probs . V over the cache slots read
+  real_prompt: float  # the prefill's share for the real (unpadded) prompt tokens only
+
+  @property
+  def total(self) -> float:
+    return self.prefill + self.decode + self.lm_head + self.attention
+
+  @property
+  def without_padding(self) -> float:
+    """What an implementation that never computes a padded prompt slot would do."""
+    return self.total - self.prefill + self.real_prompt
+
+
+def sampler_flops(config: ModelConfig, *, batch: int, prompt_len: int, new_tokens: int,
+                  real_prompt_tokens: int, decode_phases: int) -> SamplerFlops:
+  """Matmul FLOPs our sampler performs for B = batch rows, P = prompt_len, T = new_tokens.
+
+  Mirrors the program: the prefill runs every layer on all P slots except the last layer's o-proj and
+  MLP (last position only, `last_only`); decode step j (j = 1..T-1) runs one row per sequence and its
+  attention reads the phase's P + end slots (`phase_ends`); the LM head runs once per response token.
+  """
+  per_token = linear_flops_per_token(config)
+  d, v, layers = config.hidden_size, config.vocab_size, config.num_layers
+  nh, kh = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+  qkv = 2 * d * (nh + 2 * kh)
+  rest = per_token - qkv
+  prefill_per_token = layers * per_token - rest  # the last layer's o/MLP run for one row only
+  prefill = batch * (prompt_len * prefill_per_token + rest)
+  real_prompt = real_prompt_tokens * prefill_per_token + batch * rest
+  decode = (new_tokens - 1) * batch * layers * per_token
+  lm_head = new_tokens * batch * 2 * d * v
+  ends = phase_ends(new_tokens, decode_phases)
+  attend = lambda queries, slots: 4 * queries * nh * slots  # q.k and p.v, every query head
+  attention = batch * (layers - 1) * attend(prompt_len, prompt_len + ends[0])
+  attention += batch * attend(1, prompt_len + ends[0])
+  start = 1
+  for end in ends:
+    attention += (end - start) * batch * layers * attend(1, prompt_len + end)
+    start = end
+  return SamplerFlops(prefill=float(prefill), decode=float(decode), lm_head=float(lm_head),
+                      attention=float(attention), real_prompt=float(real_prompt))
+
+
+def matmul_rate(m: int, k: int, n: int, *, repeats: int = 20) -> float:
+  """Best float32 FLOP/s of a jitted [m, k] x [k, n] product on this machine, now."""
+  a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2.0 * m * k * n / best
 
 
 def load_same_weights(hf: torch.nn.Module) -> tuple[CausalLMDecoder, nnx.State]:
@@ -152,6 +231,25 @@ def main():
     print(f"transformers.generate:  {total / wall:10.1f} tokens/s  ({wall:.3f} s wall, {cpu:.3f} s "
           f"CPU; torch threads {threads})")
   print(f"ratio (ours / transformers): {theirs / ours:.2f}x wall, {theirs_cpu / ours_cpu:.2f}x CPU")
+
+  # The floor: our matmul work at the best matmul rate this machine gave in this run.
+  config = decoder.config
+  flops = sampler_flops(config, batch=sequences, prompt_len=prompt_bucket, new_tokens=new_tokens,
+                        real_prompt_tokens=sum(map(len, prompts)), decode_phases=decoder.decode_phases)
+  shape = f"[{sequences},{config.hidden_size}]x[{config.hidden_size},{2 * config.intermediate_size}]"
+  rates = {shape: matmul_rate(sequences, config.hidden_size, 2 * config.intermediate_size)}
+  if not args.smoke:
+    rates["2048^2"] = matmul_rate(2048, 2048, 2048, repeats=3)
+  peak = max(rates.values())
+  floor, floor_real = flops.total / peak, flops.without_padding / peak
+  print(f"floor: our matmul FLOPs per run {flops.total / 1e9:.2f} G (prefill {flops.prefill / 1e9:.2f}, "
+        f"decode {flops.decode / 1e9:.2f}, LM head {flops.lm_head / 1e9:.2f}, attention "
+        f"{flops.attention / 1e9:.2f}); without prompt padding {flops.without_padding / 1e9:.2f} G")
+  print("floor: f32 matmul rate " + ", ".join(f"{k} {r / 1e9:.1f} GFLOP/s" for k, r in rates.items())
+        + f"; ours runs at {flops.total / ours / 1e9:.1f} GFLOP/s wall ({flops.total / ours / peak:.0%} "
+        f"of the best)")
+  print(f"floor: at 100 % of {peak / 1e9:.1f} GFLOP/s our work takes {floor:.3f} s -> at most "
+        f"{theirs / floor:.2f}x transformers ({theirs / floor_real:.2f}x without prompt padding)")
 
 
 if __name__ == "__main__":
