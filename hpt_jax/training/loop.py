@@ -42,6 +42,7 @@ from hpt_jax import sampling
 from hpt_jax.hybrid.objective import AdvantageEstimator, compute_advantages
 from hpt_jax.sampling.lm import CausalLMDecoder
 from hpt_jax.training import distributed
+from hpt_jax.training import host_memory
 from hpt_jax.training import rollout_phase
 from hpt_jax.training.batching import MicroBatches, PackConfig, Rows, pack
 from hpt_jax.training.checkpoint import BestTracker, Checkpointer
@@ -127,6 +128,9 @@ class _Run:
   def __init__(self, config: TrainConfig, workdir: pathlib.Path, data: TrainingData | None):
     self.config = config
     self.workdir = workdir
+    # Each big XLA compilation gives its freed heap back to the OS before its program first runs
+    # (host_memory: otherwise the peak RSS is compile leftovers + the train step's temp buffer).
+    host_memory.trim_after_compiles()
     if jax.process_count() > 1 and config.mesh.size != jax.device_count():
       raise ConfigError(f"mesh: a multi-process run must use every device; data × fsdp × tensor = "
                         f"{config.mesh.size}, devices = {jax.device_count()}")
