@@ -20,7 +20,7 @@ unclipped RL branch then pulled it down to 10.4 % — the schedule was chosen af
 toward a learning default run, and said so here).
 """
 
-from hpt_jax.models import presets
+from hpt_jax.models import RematPolicy, presets
 from hpt_jax.training import config as c
 from hpt_jax.training.optimizer import Schedule
 
@@ -31,7 +31,10 @@ def get_config() -> c.TrainConfig:
   warmup_loss, warmup_rows = c.baseline("sft", width=_RESPONSE)
   loss, rows = c.baseline("hpt", width=_RESPONSE)
   return c.TrainConfig(
-      model=c.ModelSource(config=presets.tiny(max_position_embeddings=128)),
+      # SAVE_DOTS: the backward pass recomputes the cheap elementwise ops (norms, SiLU, softmax,
+      # RoPE) instead of keeping them; measured on the bench's 32 x 96 micro-batches: the train step's
+      # XLA temp 466 -> 204 MiB at the same CPU seconds (experiments/bench_iteration.py --remat).
+      model=c.ModelSource(config=presets.tiny(max_position_embeddings=128, remat=RematPolicy.SAVE_DOTS)),
       data=c.DataConfig(builtin_problems=4096, builtin_levels=(1, 2, 3), max_prompt_length=32,
                         max_response_length=_RESPONSE),
       sampling=c.SamplingConfig(rollouts_per_prompt=4, prompt_buckets=(32,), response_buckets=(_RESPONSE,)),
