@@ -134,3 +134,21 @@ def test_a_worker_that_died_while_idle_is_replaced_and_its_answer_requeued():
     batch = p.score(["\\boxed{3}", "\\boxed{4}"], ["3", "5"])
     assert batch.verdicts == (Verdict.CORRECT, Verdict.WRONG)
     assert p.restarts == 1
+
+
+def test_start_without_waiting_scores_like_serial_and_closes_cleanly():
+  responses, truths = _mixed_answers(40)
+  p = RewardPool(num_workers=2, timeout_s=5.0)
+  p.start(wait=False)  # returns at once; the first score waits for the workers
+  try:
+    assert p.score(responses, truths).verdicts == score_serial(responses, truths).verdicts
+    processes = [w.process for w in p._workers]
+    assert len(processes) == 2
+  finally:
+    p.close()
+  assert not any(x.is_alive() for x in processes)
+  # Closed while still starting: the workers being forked are stopped too.
+  q = RewardPool(num_workers=2, timeout_s=5.0)
+  q.start(wait=False)
+  q.close()
+  assert q._workers == [] and q._starter is None

@@ -19,6 +19,7 @@ import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
+import threading
 import time
 from collections.abc import Sequence
 
@@ -126,6 +127,7 @@ class RewardPool:
     self._workers: list[_Worker] = []
     self.restarts = 0  # workers replaced after a timeout or a crash, over the pool's life.
     self._startup_failures = 0  # consecutive workers that died before saying READY.
+    self._starter: threading.Thread | None = None  # a `start(wait=False)` still forking workers.
 
   def __enter__(self) -> RewardPool:
     self.start()
@@ -141,15 +143,37 @@ class RewardPool:
     child.close()
     return _Worker(process=process, conn=parent, ready_by=time.perf_counter() + self.startup_timeout_s)
 
-  def start(self) -> None:
-    """Starts the workers and waits until each has said "ready" (idempotent)."""
-    while len(self._workers) < self.num_workers:
-      self._workers.append(self._spawn())
+  def start(self, *, wait: bool = True) -> None:
+    """Starts the workers (idempotent).
+
+    Args:
+      wait: block until every worker has said "ready". False returns at once: a thread forks the
+        workers (the first fork waits ~1-4 s for the forkserver to import the graders) and they import
+        what they need while the caller goes on (a training run compiles meanwhile); the next
+        `score`, `start` or `close` waits for whatever is not done yet.
+    """
+    if not wait:
+      if self._starter is None and len(self._workers) < self.num_workers:
+        self._starter = threading.Thread(target=self._spawn_all, name="reward-pool-start", daemon=True)
+        self._starter.start()
+      return
+    self._join_starter()
+    self._spawn_all()
     while not all(w.ready for w in self._workers):
       self._poll(results=[], queue=collections.deque())
 
+  def _spawn_all(self) -> None:
+    while len(self._workers) < self.num_workers:
+      self._workers.append(self._spawn())
+
+  def _join_starter(self) -> None:
+    if self._starter is not None:
+      self._starter.join()
+      self._starter = None
+
   def close(self) -> None:
     """Stops every worker: a polite stop message, then kill whatever is still alive."""
+    self._join_starter()
     for w in self._workers:
       try:
         w.conn.send(None)

@@ -172,7 +172,7 @@ def load_training_data(config: TrainConfig, workdir: pathlib.Path, *, scorer: Sc
                                        max_prompt_length=cfg.max_prompt_length,
                                        max_response_length=cfg.max_response_length)
   pool = RewardPool(num_workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s)
-  pool.start()
+  pool.start(wait=False)  # the workers start while the run compiles; the first score waits
   return TrainingData(dataset=dataset, tokenizer=tokenizer, tokenizer_dir=pathlib.Path(tokenizer_dir),
                       template=cfg.template, batch_size=config.batch.prompts_per_step,
                       shuffle_seed=cfg.shuffle_seed, scorer=scorer or pool_scorer(pool), held_out=held_out,
