@@ -16,7 +16,14 @@ train step. Two rows are measured:
   * `hpt`: HPT's gate + the official HPT loss. At random init no question is solved, so the gate sends
     every question to its demonstration (16 SFT rows): a lighter update, reported for completeness.
 Old log-probs cost nothing on our side: the first mini-batch is on-policy and later ones reuse the
-log-probs the sampler recorded (no extra forward pass), so that share is 0 by construction.
+log-probs the sampler recorded (no extra forward pass) while sampling and training are the same fp32
+policy (`old_logprobs=auto`); the bench prints the passes the loop actually ran (must be 0).
+
+Peak memory is each side's own process (`ru_maxrss`, the interpreter, imports, compiled programs,
+arrays); both sides score with the same `RewardPool` of 2 worker processes, which neither figure
+includes. The floor analysis at the end: our iteration's matmul FLOPs (sampling: prefill once per
+prompt, decode and LM head per row; update: forward + backward = 3 forwards over the padded rows), the
+best float32 matmul rate measured in the same run, and the best ratio to trl that 100 % of it allows.
 
 Each measurement runs in its own subprocess, so its peak RSS (`ru_maxrss`) is its own. The first
 iteration (compilation on our side, lazy initialisation on trl's) is reported apart; the warm figure is
@@ -69,6 +76,7 @@ class Workload:
   algorithm: str = "grpo"  # "grpo" (trl's workload) or "hpt" (the gate + HPT's loss)
   cpu_devices: int = 1  # ours: XLA host devices, batch rows split over them (mesh.data)
   logprob_chunk: int = 0  # ours: positions per log-prob chunk in the train step; 0 = full logits
+  remat: str = "save_dots"  # ours: the train step's RematPolicy (the main job's; "none" keeps everything)
   torch_threads: int = 0  # trl: torch intra-op threads; 0 = torch's default (one per core)
 
   @property
@@ -151,13 +159,16 @@ class CompileCounter:
 
 
 def our_config(w: Workload, paths: dict[str, str]):
+  from hpt_jax.models import RematPolicy, presets
   from hpt_jax.training import config as c
 
   loss, rows = c.baseline(w.algorithm, width=w.new_tokens)
   loss = dataclasses.replace(loss, logprob_chunk=w.logprob_chunk or None)
   return c.TrainConfig(
       mesh=c.MeshConfig(data=w.cpu_devices),
-      model=c.ModelSource(hf_dir=pathlib.Path(paths["hf_dir"])),
+      # With hf_dir the architecture comes from config.json; `config` gives the run-time choices
+      # (remat), as in the main job (experiments/configs/builtin_tiny.py).
+      model=c.ModelSource(hf_dir=pathlib.Path(paths["hf_dir"]), config=presets.tiny(remat=RematPolicy(w.remat))),
       data=c.DataConfig(builtin_problems=_PROBLEMS, builtin_levels=(1,),
                         builtin_dir=pathlib.Path(paths["builtin_dir"]), max_prompt_length=w.prompt_len,
                         max_response_length=w.new_tokens, reward_workers=2),
@@ -216,7 +227,8 @@ class OursSession:
         "reward": m["perf/reward_seconds"], "update": m["perf/training_seconds"],
         "host": total - m["perf/sampling_seconds"] - m["perf/reward_seconds"] - m["perf/training_seconds"],
         "generated_tokens": m["response/length_mean"] * self.w.rows,
-        "rows": m["gate/rl_rows"] + m["gate/sft_rows"], "loss": m["train/loss"]})
+        "rows": m["gate/rl_rows"] + m["gate/sft_rows"], "loss": m["train/loss"],
+        "old_logprob_passes": m["train/recomputed_old_logp_batches"]})
     if step > 0:
       self.compiles_after_first += self.counter.names[before:]
     self.stages[f"iter{step}"] = _peak_rss_mib()
@@ -241,7 +253,12 @@ class OursSession:
         "warm_seconds": med("seconds"),
         "warm_all": [x["seconds"] for x in warm], "warm_cpu_seconds": med("cpu_seconds"),
         "warm_cpu_all": [x["cpu_seconds"] for x in warm],
-        "split": {k: med(k) for k in ("sampling", "reward", "update", "host")} | {"old_logprobs": 0.0},
+        "split": {k: med(k) for k in ("sampling", "reward", "update", "host")},
+        # π_old: teacher-forced passes run (all iterations) and whether the loop would run any (AUTO
+        # recomputes only when the sampling policy differs from the training one or is not fp32).
+        "old_logprob_passes": sum(x["old_logprob_passes"] for x in iters),
+        "old_logprob_recompute_configured": any(r is not None for r in self.run.recompute),
+        "decode_phases": getattr(self.run.sampler.model, "decode_phases", 1),
         "generated_tokens": med("generated_tokens"), "train_rows": med("rows"),
         "compiles_first": len(names) - len(self.compiles_after_first),
         "compiles_after_first": len(self.compiles_after_first),
@@ -441,6 +458,34 @@ def run_worker(side: str, w: Workload, paths: dict[str, str], *, timeout: float)
   return run_workers([(side, w)], paths, timeout=timeout)[0]
 
 
+def floor_analysis(result: dict, hf_dir: str) -> dict:
+  """Our iteration's matmul FLOPs and the time they take at the best f32 matmul rate measured now."""
+  import jax
+  from bench_sampler import matmul_rate, sampler_flops
+  from bench_train_step import step_flops
+  from hpt_jax.models import ModelConfig
+
+  w = result["workload"]
+  config = ModelConfig.from_hf_config(json.loads((pathlib.Path(hf_dir) / "config.json").read_text()))
+  rows = w["prompts"] * w["rollouts"]
+  flops = lambda batch: sampler_flops(config, batch=batch, prompt_len=w["prompt_len"], new_tokens=w["new_tokens"],
+                                      real_prompt_tokens=batch * w["prompt_len"], decode_phases=result["decode_phases"])
+  # The cache is prefilled once per prompt and repeated per rollout; every row then decodes until the
+  # last row stops (an upper bound: new_tokens steps). Attention is counted per row.
+  per_row = flops(rows)
+  sampling = flops(w["prompts"]).prefill + per_row.decode + per_row.lm_head + per_row.attention
+  update = step_flops(config, rows=rows, seq=w["prompt_len"] + w["new_tokens"])  # padded rows, fwd + bwd
+  d, f = config.hidden_size, config.intermediate_size
+  rates = {f"[{rows},{d}]x[{d},{2 * f}]": matmul_rate(rows, d, 2 * f),
+           f"[{rows * (w['prompt_len'] + w['new_tokens']) // 4},{d}]x[{d},{2 * f}]":
+               matmul_rate(rows * (w["prompt_len"] + w["new_tokens"]) // 4, d, 2 * f, repeats=5),
+           "2048^2": matmul_rate(2048, 2048, 2048, repeats=3)}
+  peak = max(rates.values())
+  return {"sampling_gflop": sampling / 1e9, "update_gflop": update / 1e9, "total_gflop": (sampling + update) / 1e9,
+          "rates_gflops": {k: r / 1e9 for k, r in rates.items()}, "peak_gflops": peak / 1e9,
+          "floor_seconds": (sampling + update) / peak, "device": jax.devices()[0].device_kind}
+
+
 def _fmt_split(split: dict) -> str:
   return ", ".join(f"{k} {v:.2f}s" for k, v in split.items())
 
@@ -460,6 +505,8 @@ def report(results: dict) -> None:
         f"{ours.get('torch_imported')}; log-prob chunk: {w.get('logprob_chunk') or 'none (full logits)'}")
   print(f"  compilations: {ours['compiles_first']} in the first iteration, {ours['compiles_after_first']} "
         f"after it {ours['recompiled'] or ''}")
+  print(f"  old-log-prob forward passes run: {ours['old_logprob_passes']} (loop configured to recompute: "
+        f"{ours['old_logprob_recompute_configured']}); train-step remat: {w.get('remat')}")
   if hpt is not None:
     print(f"ours (hpt gate + HPT loss, {hpt['train_rows']:.0f} rows trained): warm {hpt['warm_seconds']:.2f} "
           f"s/iter, first {hpt['first_seconds']:.1f} s; split: {_fmt_split(hpt['split'])}; compilations "
@@ -493,6 +540,20 @@ def report(results: dict) -> None:
           f"{statistics.median(inter['cpu_ratios']):.2f}x in process CPU seconds "
           f"{[round(x, 2) for x in inter['cpu_ratios']]}; compilations after our first iteration: "
           f"{o['compiles_after_first']}")
+  floor = results.get("floor")
+  if floor is not None:
+    print(f"floor: our matmul FLOPs per iteration {floor['total_gflop']:.1f} G (sampling "
+          f"{floor['sampling_gflop']:.1f}, update {floor['update_gflop']:.1f}); f32 matmul rate now "
+          + ", ".join(f"{k} {r:.1f}" for k, r in floor["rates_gflops"].items()) + " GFLOP/s")
+    at = ours["warm_seconds"]
+    print(f"floor: ours runs at {floor['total_gflop'] / at:.1f} GFLOP/s wall ({floor['total_gflop'] / at / floor['peak_gflops']:.0%} "
+          f"of the best rate); at 100 % of {floor['peak_gflops']:.1f} GFLOP/s an iteration takes "
+          f"{floor['floor_seconds']:.2f} s")
+    for name, side in (("separate", theirs), ("interleaved", inter and inter["trl"])):
+      if side:
+        print(f"floor: vs trl {name} ({side['warm_seconds']:.2f} s/iter) the best possible ratio with these FLOPs "
+              f"is {side['warm_seconds'] / floor['floor_seconds']:.2f}x (measured: "
+              f"{side['warm_seconds'] / (inter['ours'] if name == 'interleaved' else ours)['warm_seconds']:.2f}x)")
   for name in ("tokens", "rollouts"):
     rows = results.get(f"scaling_{name}")
     if not rows:
@@ -522,6 +583,8 @@ def main():
                       help="ours: XLA host devices (mesh.data); 2 uses both cores of a 2-core machine")
   parser.add_argument("--logprob-chunk", type=int, default=0,
                       help="ours: log-prob chunk of the train step (0 = full logits, right for a 512 vocab)")
+  parser.add_argument("--remat", default="save_dots", choices=("none", "save_dots", "full"),
+                      help="ours: the train step's remat policy (save_dots: the main job's default)")
   parser.add_argument("--torch-threads", type=int, default=0, help="trl: torch threads (0 = torch's default)")
   parser.add_argument("--no-separate-trl", action="store_true",
                       help="trl only interleaved with ours (no run of its own, so no trl peak RSS)")
@@ -546,7 +609,7 @@ def main():
                                " --xla_llvm_disable_expensive_passes=true").strip()
   else:
     base = Workload(iters=args.iters, cpu_devices=args.cpu_devices, logprob_chunk=args.logprob_chunk,
-                    torch_threads=args.torch_threads)
+                    torch_threads=args.torch_threads, remat=args.remat)
     size, timeout = ModelSize(), 1800
     token_sweep, rollout_sweep = (64, 128, 256, 512), (4, 8, 16)
   root = pathlib.Path(tempfile.mkdtemp(prefix="bench_iteration_"))
@@ -587,6 +650,7 @@ def main():
     cached = paths | {"compilation_cache": str(root / "jax_cache")}
     run_worker("ours", dataclasses.replace(base, iters=1), cached, timeout=timeout)  # fills the cache
     results["ours_warm_cache"] = run_worker("ours", base, cached, timeout=timeout)
+  results["floor"] = floor_analysis(results["ours"], paths["hf_dir"])
   results["load_after"] = round(os.getloadavg()[0], 1)
   report(results)
   if args.json:
