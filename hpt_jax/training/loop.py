@@ -85,15 +85,21 @@ def take_rows(rows: Rows, lo: int, hi: int, *, keep_old_logp: bool) -> Rows:
       rewards=rows.rewards[sl], rl_weight=rows.rl_weight[sl], sft_weight=rows.sft_weight[sl])
 
 
+# One compiled program per row count; run eagerly, the estimator's ~20 jnp ops each compiled a program
+# of their own in the first step (2.2 s of host time in experiments/bench_iteration.py) and again for
+# every new row count (the HPT gate's steps vary in rows).
+_compute_advantages = jax.jit(compute_advantages, static_argnums=0)
+
+
 def step_advantages(estimator: AdvantageEstimator, rows: Rows) -> np.ndarray:
   """[B] Â over all of a step's rows (before the mini-batch split, as the official code does)."""
   if estimator is AdvantageEstimator.GIVEN:
     raise ConfigError("phases.N.loss.advantage: 'given' needs advantages from outside the loop; use "
                       "grpo or dr_grpo")
   _, dense = np.unique(np.asarray(rows.group_ids), return_inverse=True)
-  adv = compute_advantages(estimator, given=np.zeros(rows.num_rows, np.float32),
-                           rewards=np.asarray(rows.rewards, np.float32), group_ids=dense.astype(np.int32),
-                           row_valid=np.ones(rows.num_rows, bool))
+  adv = _compute_advantages(estimator, given=np.zeros(rows.num_rows, np.float32),
+                            rewards=np.asarray(rows.rewards, np.float32), group_ids=dense.astype(np.int32),
+                            row_valid=np.ones(rows.num_rows, bool))
   return np.asarray(adv, np.float64)
 
 
