@@ -6,6 +6,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from hpt_jax.models import init_cache, presets
@@ -125,3 +126,44 @@ def test_sampler_loop_carries_per_layer_weights_not_the_stack():
     loops[hoist] = _while_line(text, carrying=cache_buffer)  # the decode loop
   assert stacked not in loops[True] and layer in loops[True], loops[True]
   assert stacked in loops[False], loops[False]  # the check sees the stack when it is there
+
+
+def test_packed_prefill_equals_padded_prefill():
+  # Per-token work on the 9 real tokens of a [3, 6] left-padded batch (R = 9 exactly, and R = 14
+  # with 5 filler rows) must give the plain prefill's last hidden state and the same cache.
+  from hpt_jax.models.packed_prefill import packed_prefill
+  config = presets.tiny(num_layers=2)
+  graphdef, params = nnx.split(random_model(config, seed=5))
+  tokens, positions, mask = padded_batch(np.random.default_rng(5), vocab_size=config.vocab_size,
+                                         length=6, left_pad=[4, 0, 5], right_pad=[0, 0, 0])
+  assert mask.sum() == 2 + 6 + 1
+
+  @jax.jit
+  def both(params, tokens, positions, mask):
+    model = nnx.merge(graphdef, params)
+    cache = init_cache(config, batch=3, length=9)
+    layers = model.cached_layers()
+    plain = model(tokens, positions=positions, attention_mask=mask, cache=cache, last_only=True,
+                  cached_layers=layers)
+    packed = [packed_prefill(model, tokens, positions=positions, attention_mask=mask, cache=cache,
+                             cached_layers=layers, packed_tokens=r) for r in (9, 14)]
+    return plain, packed
+
+  (hidden, cache), packed = both(params, tokens, positions, mask)
+  for got_hidden, got_cache in packed:
+    assert got_hidden.shape == hidden.shape == (3, 1, config.hidden_size)
+    np.testing.assert_allclose(np.asarray(got_hidden), np.asarray(hidden), atol=1e-5)
+    assert int(got_cache.index) == int(cache.index) == 6
+    np.testing.assert_array_equal(np.asarray(got_cache.key_mask), np.asarray(cache.key_mask))
+    for a, b in zip(got_cache.k + got_cache.v, cache.k + cache.v):
+      # Padded slots hold zeros in the packed cache and projections of pad tokens in the plain one;
+      # both are masked, so only real slots must agree.
+      real = np.asarray(mask)[:, None, :, None]
+      np.testing.assert_allclose(np.where(real, np.asarray(a)[:, :, :6], 0),
+                                 np.where(real, np.asarray(b)[:, :, :6], 0), atol=1e-5)
+  assert float(np.abs(np.asarray(hidden[0] - hidden[1])).max()) > 1e-3  # rows differ: can fail
+  model = nnx.merge(graphdef, params)
+  with pytest.raises(ValueError, match="packed_tokens must be in"):
+    packed_prefill(model, tokens, positions=positions, attention_mask=mask,
+                   cache=init_cache(config, batch=3, length=9), cached_layers=model.cached_layers(),
+                   packed_tokens=19)

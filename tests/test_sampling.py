@@ -380,3 +380,16 @@ class ShortGrowingModel(GrowingModel):
 
   def grow_cache(self, cache, length):
     return super().grow_cache(cache, length - 2)
+
+
+def test_prefill_tokens_rounds_the_real_count_up_to_a_granule():
+  count = lambda mask, g: sampling.sampler.prefill_tokens(mask, granules=g)
+  mask = np.zeros((4, 8), bool)  # 32 slots: granules of 2 (16) or 4 (8)
+  mask[:, 5:] = True             # 12 real tokens
+  assert count(mask, 16) == 12 and count(mask, 8) == 12
+  mask[0, 4] = True              # 13 -> 14 or 16
+  assert count(mask, 16) == 14 and count(mask, 8) == 16
+  assert count(np.ones((4, 8), bool), 16) == 32
+  assert count(np.ones((3, 7), bool), 16) == 21  # granule 2, capped at the 21 slots
+  with pytest.raises(ValueError, match="prefill_granules"):
+    count(mask, 0)

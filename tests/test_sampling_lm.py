@@ -128,19 +128,25 @@ def test_sharded_sampling_equals_single_device(tmp_path):
   np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
 
 
-def test_phased_decode_equals_one_phase(tmp_path):
-  # T = 32: two phases (caches of 12 + 16 and 12 + 32 slots) against one loop on the full cache.
+def test_phased_decode_and_packed_prefill_equal_the_plain_loop(tmp_path):
+  # T = 32: two decode phases (caches of 12 + 16 and 12 + 32 slots), then also the prefill on the
+  # packed real prompt tokens (19 of 48 slots -> 32 rows at 3 granules), against one loop on the full
+  # cache with the padded prefill.
   _, path = _hf_model("qwen2", tmp_path)
   decoder, params = _ours(path)
   buckets = Buckets(prompt=(12,), response=(32,))
   outs = []
-  for phases in (1, 2):
+  for phases, granules in ((1, 0), (2, 0), (2, 3)):
     sampler = Sampler(dataclasses.replace(decoder, decode_phases=phases), eos_ids=[-1], pad_id=PAD,
-                      buckets=buckets)
+                      buckets=buckets, prefill_granules=granules)
     outs.append(sampler.generate(params, PROMPTS, strategy=Categorical(), max_new_tokens=32,
                                  seed=1).output)
   assert sampling.phase_ends(32, 2) == (16, 32)
-  np.testing.assert_array_equal(outs[1].tokens, outs[0].tokens)
-  # Softmax sums over 28 instead of 44 slots (the extra ones exactly 0) round differently.
-  np.testing.assert_allclose(outs[1].logprobs, outs[0].logprobs, atol=1e-5)
+  assert sampling.sampler.prefill_tokens(sampling.left_pad(PROMPTS, length=12, pad_id=PAD)[1],
+                                         granules=3) == 32
+  for out in outs[1:]:
+    np.testing.assert_array_equal(out.tokens, outs[0].tokens)
+    # Softmax sums over 28 instead of 44 slots (the extra ones exactly 0), and packed rows, round
+    # differently.
+    np.testing.assert_allclose(out.logprobs, outs[0].logprobs, atol=1e-5)
   assert outs[0].mask.all()

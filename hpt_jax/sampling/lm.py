@@ -14,6 +14,7 @@ import jax
 from flax import nnx
 
 from hpt_jax.models import CausalLM, KVCache, ModelConfig, init_cache
+from hpt_jax.models.packed_prefill import packed_prefill
 from hpt_jax.models.transformer import CachedLayer
 from hpt_jax.models import sharding as model_sharding
 from hpt_jax.typing import Array
@@ -53,6 +54,8 @@ class CausalLMDecoder:
     decode_phases: split the decode loop into up to this many phases whose caches hold only the
       slots the phase can fill (`loop.phase_ends`), so decode attention does not read empty slots;
       each phase is one more compiled loop body. 1 = one loop on the full P + T cache.
+    packs_prefill: accept `prefill_tokens` from the sampler and run the prefill's per-token work on
+      the real prompt tokens only (`models.packed_prefill`), not on the padded slots.
   """
 
   graphdef: nnx.GraphDef
@@ -60,13 +63,15 @@ class CausalLMDecoder:
   cache_dtype: Any = None
   hoist_layers: bool = True
   decode_phases: int = 4
+  packs_prefill: bool = True
 
   @classmethod
   def from_model(cls, model: CausalLM, *, cache_dtype: Any = None, hoist_layers: bool = True,
-                 decode_phases: int = 4) -> tuple["CausalLMDecoder", nnx.State]:
+                 decode_phases: int = 4, packs_prefill: bool = True
+                 ) -> tuple["CausalLMDecoder", nnx.State]:
     """Splits a model into the decoder and its parameter state (the arrays are shared, not copied)."""
     graphdef, params = nnx.split(model)
-    return cls(graphdef, model.config, cache_dtype, hoist_layers, decode_phases), params
+    return cls(graphdef, model.config, cache_dtype, hoist_layers, decode_phases, packs_prefill), params
 
   def loop_params(self, params: nnx.State) -> nnx.State | LoopParams:
     """Called by the loop once, before the prefill: the layers' weights laid out for cached calls."""
@@ -88,14 +93,22 @@ class CausalLMDecoder:
     return _pin_layout(cache.grow(length))
 
   def __call__(self, params: nnx.State | LoopParams, tokens: Array, *, positions: Array,
-               attention_mask: Array, cache: KVCache) -> tuple[Array, KVCache]:
+               attention_mask: Array, cache: KVCache, prefill_tokens: int | None = None
+               ) -> tuple[Array, KVCache]:
     """tokens/positions/attention_mask: [B, T'] -> ([B, V] float32 last-position logits, cache).
 
-    `params` is the parameter state or what `loop_params` made of it."""
+    `params` is the parameter state or what `loop_params` made of it. `prefill_tokens` (a prefill of
+    left-padded prompts only): R >= the real token count; the per-token work runs on R packed rows."""
     layers = None
     if isinstance(params, LoopParams):
       params, layers = params.params, params.layers
     model = nnx.merge(self.graphdef, params)
+    if prefill_tokens is not None:
+      hidden, cache = packed_prefill(
+          model, tokens, positions=positions, attention_mask=attention_mask, cache=cache,
+          cached_layers=layers if layers is not None else model.cached_layers(),
+          packed_tokens=prefill_tokens)
+      return model.logits(hidden)[:, 0], cache
     hidden, cache = model(tokens, positions=positions, attention_mask=attention_mask, cache=cache,
                           last_only=True, cached_layers=layers)
     return model.logits(hidden)[:, 0], cache

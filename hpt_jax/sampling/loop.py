@@ -47,6 +47,8 @@ class DecodeModel(Protocol):
   # Optional: `grow_cache(cache, length) -> cache` with `length` slots (the new ones empty) and
   # `decode_phases: int`: the decode loop then runs in up to that many phases, each on a cache just
   # long enough for its steps (see `phase_ends`), so attention does not read slots not yet written.
+  # Optional: `packs_prefill = True`: the prefill call then gets `prefill_tokens=R` (static, at least
+  # the prompt batch's real token count) and may skip padded prompt slots.
 
 
 def _repeat_cache_fn(model: DecodeModel):
@@ -202,6 +204,7 @@ def generate(
     max_new_tokens: Array,
     response_len: int,
     num_samples: int = 1,
+    prefill_tokens: int | None = None,
 ) -> tuple[Array, Array, Array, Array, Array, Array]:
   """Samples up to `max_new_tokens` tokens for each row of a left-padded prompt batch.
 
@@ -230,6 +233,8 @@ def generate(
     max_new_tokens: [] int32 in [1, response_len] (traced: changing it does not recompile).
     response_len: T, the response bucket (static).
     num_samples: n output rows per prompt row (static).
+    prefill_tokens: for a model with `packs_prefill`: R >= the number of True entries of
+      `prompt_mask` (static; the caller checks it); None = the model's plain prefill.
 
   Returns:
     tokens [B, T] int32, mask [B, T] int32, logprobs [B, T] f32, sampling_logprobs [B, T] f32,
@@ -253,9 +258,10 @@ def generate(
 
   ends = _decode_phases(model, response_len)
   cache = model.init_cache(batch=prefill_rows, length=prompt_len + ends[0])
+  packed = {} if prefill_tokens is None else {"prefill_tokens": prefill_tokens}
   logits, cache = model(
       params, prompt_tokens, positions=left_pad_positions(prompt_mask), attention_mask=prompt_mask,
-      cache=cache)
+      cache=cache, **packed)
   if repeat_cache is not None:
     logits = jnp.repeat(logits, num_samples, axis=0)
     cache = repeat_cache(cache, num_samples)
@@ -334,6 +340,7 @@ def sample(
     num_samples: int,
     response_len: int,
     pad_id: int,
+    prefill_tokens: int | None = None,
 ) -> SampleOutput:
   """`num_samples` rollouts per prompt: repeat rows, derive per-row keys, `generate`.
 
@@ -348,6 +355,7 @@ def sample(
     eos_ids: [E] int32.
     max_new_tokens: [] int32 in [1, response_len].
     strategy, num_samples, response_len, pad_id: static.
+    prefill_tokens: static, see `generate`.
 
   Returns:
     `SampleOutput` with B = Bp * num_samples rows, grouped by prompt.
@@ -361,7 +369,8 @@ def sample(
   # The un-repeated prompts go in: `generate` prefills each once and repeats its cache.
   resp, resp_mask, logp, sampling_logp, finish, num_steps = generate(
       model, params, prompt_tokens, prompt_mask, keys, strategy=strategy, eos_ids=eos_ids, pad_id=pad_id,
-      max_new_tokens=max_new_tokens, response_len=response_len, num_samples=num_samples)
+      max_new_tokens=max_new_tokens, response_len=response_len, num_samples=num_samples,
+      prefill_tokens=prefill_tokens)
   return SampleOutput(
       prompt_tokens=tokens, prompt_mask=mask, tokens=resp, mask=resp_mask, logprobs=logp,
       sampling_logprobs=sampling_logp, finish_reason=finish, lengths=resp_mask.sum(-1),
@@ -369,5 +378,6 @@ def sample(
 
 
 jit_sample = jax.jit(
-    sample, static_argnames=("model", "strategy", "num_samples", "response_len", "pad_id"))
+    sample, static_argnames=("model", "strategy", "num_samples", "response_len", "pad_id",
+                             "prefill_tokens"))
 """`sample` under `jax.jit`; `jit_sample._cache_size()` counts the compiled programs."""

@@ -75,6 +75,16 @@ def left_pad(prompts: Sequence[Sequence[int]], *, length: int, pad_id: int) -> t
   return tokens, mask
 
 
+def prefill_tokens(mask: np.ndarray, *, granules: int) -> int:
+  """The packed prefill size for a [B, P] prompt mask: its real token count rounded up to a multiple
+  of B * P / granules (so at most `granules` sizes, i.e. programs, per batch shape)."""
+  if granules < 1:
+    raise ValueError(f"prefill_granules must be >= 1, got {granules}")
+  size = mask.size
+  granule = -(-size // granules)
+  return min(size, -(-int(mask.sum()) // granule) * granule)
+
+
 def to_host(x: Any) -> np.ndarray:
   """The full value of a (possibly multi-process) array as NumPy, on every process.
 
@@ -113,16 +123,23 @@ class Sampler:
       are dropped again), so batches of a varying size share programs and divide the mesh's batch axes.
     batch_sharding: where the prompt arrays are placed (e.g. NamedSharding over ('data', 'fsdp')).
     tokenizer: needed by `generate_texts` and for decoded texts.
+    prefill_granules: 0 = one program per bucket, the prefill computes every padded prompt slot.
+      g > 0 (for a model with `packs_prefill`, unsharded batches only): the prefill's per-token work
+      runs on the real prompt tokens packed into B * P * k / g rows (the smallest k that holds them):
+      up to g programs per bucket (each a compilation), at most B * P / g rows computed for nothing.
   """
 
   def __init__(self, model: DecodeModel, *, eos_ids: Sequence[int], pad_id: int,
                buckets: Buckets = Buckets(), batch_multiple: int = 1,
                batch_sharding: jax.sharding.Sharding | None = None,
-               tokenizer: TextCodec | None = None):
+               tokenizer: TextCodec | None = None, prefill_granules: int = 0):
     if not eos_ids:
       raise ValueError("Sampler: eos_ids must name at least one token")
     if batch_multiple < 1:
       raise ValueError(f"Sampler: batch_multiple must be >= 1, got {batch_multiple}")
+    if prefill_granules < 0:
+      raise ValueError(f"Sampler: prefill_granules must be >= 0, got {prefill_granules}")
+    self.prefill_granules = prefill_granules
     self.model = model
     self.eos_ids = tuple(int(e) for e in eos_ids)
     self.pad_id = int(pad_id)
@@ -170,11 +187,16 @@ class Sampler:
     padded = list(prompts) + [[self.pad_id]] * (n_rows - n_real)
     ids = np.concatenate([ids, np.full(n_rows - n_real, -1)]).astype(np.int32)
     tokens, mask = left_pad(padded, length=prompt_len, pad_id=self.pad_id)
+    # Packing gathers tokens across rows, so only unsharded batches pack their prefill.
+    packs = (self.prefill_granules and getattr(self.model, "packs_prefill", False)
+             and self.batch_sharding is None)
+    packed = prefill_tokens(mask, granules=self.prefill_granules) if packs else None
     out = jit_sample(
         self.model, params, self._put(tokens), self._put(mask), self._put(ids),
         seed=np.int32(seed), eos_ids=np.asarray(self.eos_ids, np.int32),
         max_new_tokens=np.int32(max_new_tokens), strategy=strategy,
-        num_samples=num_samples, response_len=response_len, pad_id=self.pad_id)
+        num_samples=num_samples, response_len=response_len, pad_id=self.pad_id,
+        prefill_tokens=packed)
     keep = n_real * num_samples
     out = jax.tree.map(lambda x: x[:keep] if np.ndim(x) else x, jax.tree.map(to_host, out))
     return Rollouts(output=out, texts=self._decode(out) if self.tokenizer is not None else None)
