@@ -35,6 +35,7 @@ from hpt_jax.models import ModelConfig
 from hpt_jax.models.hf_io import load_pretrained
 from hpt_jax.sampling import Buckets, Categorical, Sampler, phase_ends
 from hpt_jax.sampling.lm import CausalLMDecoder
+from hpt_jax.sampling.sampler import left_pad, prefill_tokens
 from torch_peer import DEVICE as TORCH_DEVICE, synchronize
 
 PAD = 0
@@ -61,7 +62,7 @@ def linear_flops_per_token(config: ModelConfig) -> int:
 class SamplerFlops:
   """Matmul FLOPs of one `generate` call (float32 multiply-adds x 2)."""
 
-  prefill: float    # projections/MLP of the B x P padded prompt slots (last layer: q/k/v only but 1 row)
+  prefill: float    # projections/MLP of the B x P prompt slots or the packed rows (last layer: o/MLP 1 row)
   decode: float     # projections/MLP of the (T - 1) decode steps x B rows
   lm_head: float    # [B, D] x [D, V] once per response token
   attention: float  # scores and probs . V over the cache slots read
@@ -78,11 +79,13 @@ class SamplerFlops:
 
 
 def sampler_flops(config: ModelConfig, *, batch: int, prompt_len: int, new_tokens: int,
-                  real_prompt_tokens: int, decode_phases: int) -> SamplerFlops:
+                  real_prompt_tokens: int, decode_phases: int, prefill_rows: int | None = None
+                  ) -> SamplerFlops:
   """Matmul FLOPs our sampler performs for B = batch rows, P = prompt_len, T = new_tokens.
 
-  Mirrors the program: the prefill runs every layer on all P slots except the last layer's o-proj and
-  MLP (last position only, `last_only`); decode step j (j = 1..T-1) runs one row per sequence and its
+  Mirrors the program: the prefill runs every layer on all B * P slots, or on `prefill_rows` packed
+  rows (`Sampler(prefill_granules=)`), except the last layer's o-proj and MLP (last position only,
+  `last_only`); decode step j (j = 1..T-1) runs one row per sequence and its
   attention reads the phase's P + end slots (`phase_ends`); the LM head runs once per response token.
   """
   per_token = linear_flops_per_token(config)
@@ -91,7 +94,8 @@ def sampler_flops(config: ModelConfig, *, batch: int, prompt_len: int, new_token
   qkv = 2 * d * (nh + 2 * kh)
   rest = per_token - qkv
   prefill_per_token = layers * per_token - rest  # the last layer's o/MLP run for one row only
-  prefill = batch * (prompt_len * prefill_per_token + rest)
+  rows = batch * prompt_len if prefill_rows is None else prefill_rows
+  prefill = rows * prefill_per_token + batch * rest
   real_prompt = real_prompt_tokens * prefill_per_token + batch * rest
   decode = (new_tokens - 1) * batch * layers * per_token
   lm_head = new_tokens * batch * 2 * d * v
@@ -185,6 +189,9 @@ def main():
   parser.add_argument("--sequences", type=int, default=128)
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--prefill_granules", type=int, default=16,
+                      help="Sampler(prefill_granules=): prefill on the real prompt tokens packed into "
+                      "multiples of 1/g of the padded batch (0: the padded prefill)")
   parser.add_argument("--torch_threads", type=int, default=0,
                       help="time transformers with this many torch threads only (0: 1 and torch's default)")
   args = parser.parse_args()
@@ -201,7 +208,8 @@ def main():
   prompts = [rng.integers(1, vocab, size=rng.integers(8, prompt_bucket + 1)).tolist()
              for _ in range(sequences)]
   sampler = Sampler(decoder, eos_ids=[NO_EOS], pad_id=PAD,
-                    buckets=Buckets(prompt=(prompt_bucket,), response=(new_tokens,)))
+                    buckets=Buckets(prompt=(prompt_bucket,), response=(new_tokens,)),
+                    prefill_granules=args.prefill_granules)
 
   run_ours, first = ours_runner(sampler, params, prompts, new_tokens=new_tokens)
   # torch's OpenMP pool degrades badly when the cores are shared, so transformers is timed with one
@@ -224,7 +232,8 @@ def main():
   # depends on the other load, CPU time much less.
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, torch on {TORCH_DEVICE}, {os.cpu_count()} CPUs, load "
         f"average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; {sequences} sequences x {new_tokens} "
-        f"new tokens, prompts left-padded to {prompt_bucket}, median of {repeats} interleaved runs")
+        f"new tokens, prompts left-padded to {prompt_bucket}, median of {repeats} interleaved runs; "
+        f"ours: {decoder.decode_phases} decode phases, prefill_granules {args.prefill_granules}")
   print(f"hpt_jax sampler:        {total / ours:10.1f} tokens/s  ({ours:.3f} s wall, {ours_cpu:.3f} s "
         f"CPU; first call incl. compile {first:.2f} s)")
   for threads, (wall, cpu) in hf_runs.items():
@@ -234,8 +243,13 @@ def main():
 
   # The floor: our matmul work at the best matmul rate this machine gave in this run.
   config = decoder.config
+  prefill_rows = None
+  if args.prefill_granules:
+    mask = left_pad(prompts, length=prompt_bucket, pad_id=PAD)[1]
+    prefill_rows = prefill_tokens(mask, granules=args.prefill_granules)
   flops = sampler_flops(config, batch=sequences, prompt_len=prompt_bucket, new_tokens=new_tokens,
-                        real_prompt_tokens=sum(map(len, prompts)), decode_phases=decoder.decode_phases)
+                        real_prompt_tokens=sum(map(len, prompts)), decode_phases=decoder.decode_phases,
+                        prefill_rows=prefill_rows)
   shape = f"[{sequences},{config.hidden_size}]x[{config.hidden_size},{2 * config.intermediate_size}]"
   rates = {shape: matmul_rate(sequences, config.hidden_size, 2 * config.intermediate_size)}
   if not args.smoke:

@@ -48,3 +48,10 @@ def test_sampler_flops_match_transformers_generate_linear_flops():
   assert ours.prefill + ours.decode + ours.lm_head == theirs - b * (p - 1) * last_layer_rest
   assert ours.without_padding == ours.total  # no padding here
   assert ours.attention > 0
+  # Packed prefill rows: the same count at R = B * P, and (L-1) whole layers + the last layer's
+  # q/k/v less per row dropped.
+  kw = dict(batch=b, prompt_len=p, new_tokens=t, real_prompt_tokens=b * p, decode_phases=1)
+  assert bench_sampler.sampler_flops(config, prefill_rows=b * p, **kw) == ours
+  packed = bench_sampler.sampler_flops(config, prefill_rows=b * p - 4, **kw)
+  per_row = config.num_layers * bench_sampler.linear_flops_per_token(config) - last_layer_rest
+  assert ours.prefill - packed.prefill == 4 * per_row
