@@ -46,3 +46,13 @@ def test_iteration_benchmark_smoke(tmp_path):
   assert inter["trl"]["prompt_token_mismatches"] == 0  # trl tokenised exactly our prompts
   assert [r["workload"]["new_tokens"] for r in results["scaling_tokens"]] == [w["new_tokens"]]
   assert "speed-up ours/trl (interleaved" in proc.stdout and "scaling over tokens" in proc.stdout
+  # fp32, same temperature, one mini-batch per step: no old-log-prob forward pass is configured or run.
+  assert ours["old_logprob_passes"] == 0 and ours["old_logprob_recompute_configured"] is False
+  floor = results["floor"]
+  # Update: 3 forwards over 4 padded rows of 32 + 4 positions; the smoke model (D 64, F 128, 1 layer, 2 heads
+  # and 1 KV head of 32, V 512) has 2*32*64*2 + 32*64*2 + 3*64*128 + 64*512 = 69,632 matmul weights per
+  # token, and attention 4 * 36 * 64 FLOPs: 3 * (2 * 69,632 + 9,216) * 4 * 36 = 64,143,360 FLOPs.
+  assert floor["update_gflop"] == pytest.approx(64_143_360 / 1e9)
+  assert floor["total_gflop"] == pytest.approx(floor["sampling_gflop"] + floor["update_gflop"])
+  assert floor["floor_seconds"] == pytest.approx(floor["total_gflop"] / floor["peak_gflops"])
+  assert "floor: vs trl interleaved" in proc.stdout
