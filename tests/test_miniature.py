@@ -131,6 +131,12 @@ def test_miniature_end_to_end(tmp_path):
   stage2 = [json.loads(l) for l in (work / "sft_grpo_s0" / "metrics.jsonl").read_text().splitlines()]
   assert stage1[-1]["train/tokens_total"] >= budget // 2
   assert stage1[-1]["train/tokens_total"] + stage2[-1]["train/tokens_total"] >= budget
+  # A --report_only rewrite keeps the training invocation's measured cost, and says it regenerated.
+  cost = next(l for l in text.splitlines() if l.startswith("This invocation: **"))
+  run.main(["--report_only", "--workdir", str(work), "--results_dir", str(tmp_path / "res")])
+  again = (tmp_path / "res" / "RESULTS.md").read_text()
+  assert cost.replace("This invocation", "The invocation that trained these runs") in again
+  assert "regenerated from its runs afterwards by `--report_only`" in again
   for name in ("val_accuracy", "off_example_ratio", "response_length"):
     assert (tmp_path / "res" / "plots" / f"{name}.png").stat().st_size > 1000
   # The HPT row's level-1 cell equals avg@k recomputed from the evaluator's per-problem file.
@@ -138,3 +144,16 @@ def test_miniature_end_to_end(tmp_path):
   level1 = [np.mean(r["correct"]) for r in rows if str(r["level"]) == "1"]
   line = next(l for l in text.splitlines() if l.startswith("| HPT (γ = 0) |"))
   assert line.split("|")[2].strip() == f"{100 * np.mean(level1):.1f}"
+
+
+def test_trailing_mean_and_stage_curves_continue_steps_and_tokens(tmp_path):
+  values = [3.0, 1.0, 4.0, 1.0, 5.0]
+  expected = [np.mean(values[max(0, i - 2):i + 1]) for i in range(len(values))]  # windows of 3
+  np.testing.assert_allclose(mini_results.trailing_mean(values, 3), expected)
+  for name, recs in (("s1", [{"step": 1, "train/tokens_total": 10.0}, {"step": 2, "train/tokens_total": 25.0}]),
+                     ("s2", [{"step": 1, "train/tokens_total": 7.0}, {"step": 2, "val/accuracy": 0.5}])):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+  out = mini_results.read_curve(tmp_path / "s1", tmp_path / "s2", offset=2, token_offset=25.0)
+  assert [r["step"] for r in out] == [1, 2, 3, 4]
+  assert [r.get("train/tokens_total") for r in out] == [10.0, 25.0, 32.0, None]

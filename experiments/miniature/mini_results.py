@@ -28,6 +28,8 @@ class RunOutcome:
   records: list[dict]  # the training metrics (both stages for SFT→GRPO, steps continued)
 
 
+TOKENS_TOTAL = "train/tokens_total"
+
 # RESULTS.md from this line on is written by hand and kept when the tables are regenerated.
 ANALYSIS_MARKER = "<!-- analysis: written by hand below this line; kept when the tables above are regenerated -->"
 
@@ -40,13 +42,19 @@ class Usage:
   load_min: float  # 1-minute load average, sampled every 30 s while the workers ran
   load_max: float
   workers: int = 1  # post-training processes side by side
+  # True when the tables were rewritten by --report_only: the figures are then the last training
+  # invocation's (saved in the workdir's usage.json), not the report's own.
+  regenerated: bool = False
 
 
-def read_curve(*dirs: pathlib.Path, offset: int = 0) -> list[dict]:
-  """The metrics of one run; a second directory's steps continue after `offset` (SFT→GRPO)."""
+def read_curve(*dirs: pathlib.Path, offset: int = 0, token_offset: float = 0.0) -> list[dict]:
+  """The metrics of one run; a second directory's steps continue after `offset` and its
+  `train/tokens_total` after `token_offset` (SFT→GRPO: the GRPO stage counts from its own start)."""
   out = reporting.read_records(dirs[0] / "metrics.jsonl")
   for d in dirs[1:]:
-    out += [{**r, "step": r["step"] + offset} for r in reporting.read_records(d / "metrics.jsonl")]
+    out += [{**r, "step": r["step"] + offset,
+             **({TOKENS_TOTAL: r[TOKENS_TOTAL] + token_offset} if TOKENS_TOTAL in r else {})}
+            for r in reporting.read_records(d / "metrics.jsonl")]
   return out
 
 
@@ -101,22 +109,33 @@ def _table(rows: Sequence[str], levels: Sequence[str]) -> str:
   return "\n".join([head, "|" + "---|" * (len(levels) + 5), *rows])
 
 
+def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
+  """[K] mean of each value and the (window − 1) before it (fewer at the start)."""
+  v = np.asarray(values, np.float64)
+  c = np.concatenate([[0.0], np.cumsum(v)])
+  lo = np.maximum(np.arange(1, v.size + 1) - window, 0)
+  return (c[1:] - c[lo]) / (np.arange(1, v.size + 1) - lo)
+
+
 def plot_vs_tokens(groups: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], key: str,
-                   path: pathlib.Path, *, ylabel: str, title: str) -> pathlib.Path:
+                   path: pathlib.Path, *, ylabel: str, title: str, window: int = 1) -> pathlib.Path:
   """One line per run (a colour per group) of `key` against the run's training tokens so far.
 
   Runs of one method take different numbers of steps to spend the budget, so they are drawn against
   `train/tokens_total` (the common clock, the lr schedule's too) and not averaged over seeds.
+  `window` > 1 draws the trailing mean over that many logged points (per-step metrics of 4 questions
+  are too noisy to read one by one).
   """
   from hpt_jax import figures
   plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for i, (label, runs) in enumerate(groups.items()):
     for j, records in enumerate(runs):
-      pts = [(r["train/tokens_total"], r[key]) for r in records if key in r and "train/tokens_total" in r]
+      pts = [(r[TOKENS_TOTAL], r[key]) for r in records if key in r and TOKENS_TOTAL in r]
       if pts:
         x, y = zip(*pts)
-        ax.plot(np.asarray(x) / 1000, y, marker=".", color=f"C{i}", alpha=0.8, label=label if j == 0 else None)
+        ax.plot(np.asarray(x) / 1000, trailing_mean(y, window), marker="." if window == 1 else None,
+                color=f"C{i}", alpha=0.8, label=label if j == 0 else None)
   ax.set(xlabel="training tokens (thousands)", ylabel=ylabel, title=title)
   if ax.get_legend_handles_labels()[0]:  # nothing logged yet: no legend
     ax.legend(fontsize=8)
@@ -168,9 +187,9 @@ def write(spec: ms.Spec, *, runs: Mapping[str, RunOutcome], base: Sequence[Probl
   gates = {(f"HPT γ={g}/{spec.rollouts}" if g else "HPT γ=0"): [o.records for o in by_method(ms.Method.HPT, g)] for g in spec.gammas}
   gates["LUFFY"] = groups[ms.Method.LUFFY.value]
   plot_vs_tokens(gates, curves.OFF_RATIO, plots / "off_example_ratio.png", ylabel="off_example_ratio",
-                 title="share of demonstration rows per step")
+                 title="share of demonstration rows per step (mean of the last 8 steps)", window=8)
   plot_vs_tokens(groups, curves.TRAIN_LENGTH, plots / "response_length.png",
-                 ylabel="rollout length (tokens)", title="response length")
+                 ylabel="rollout length (tokens)", title="rollout length (mean of the last 8 steps)", window=8)
   minutes = {k: f"{v / 60:.1f}" for k, v in seconds.items()}
   counts = collections.Counter(str(r.level) for r in base)
   se = _se_line([base, *(o.results for o in runs.values())], levels)
@@ -217,9 +236,9 @@ this is noise; the mean over 3 seeds has about 1/√3 of it (plus the seed-to-se
 ![off_example_ratio](plots/off_example_ratio.png)
 ![response length](plots/response_length.png)
 
-This invocation: **{usage.wall_s / 60:.1f} min wall**, {usage.cpu_s / 60:.1f} CPU-min (user + system of the command's
+{'The invocation that trained these runs' if usage.regenerated else 'This invocation'}: **{usage.wall_s / 60:.1f} min wall**, {usage.cpu_s / 60:.1f} CPU-min (user + system of the command's
 process and of the {usage.workers} post-training worker process(es) it ran), 1-minute load average
-{usage.load_min:.1f}–{usage.load_max:.1f} on {os.cpu_count()} cores (sampled every 30 s). Training wall time per run, summed
+{usage.load_min:.1f}–{usage.load_max:.1f} on {os.cpu_count()} cores (sampled every 30 s).{' The tables and plots were regenerated from its runs afterwards by `--report_only`.' if usage.regenerated else ''} Training wall time per run, summed
 over invocations (min): {minutes}.
 """
   path = results_dir / "RESULTS.md"

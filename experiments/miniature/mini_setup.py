@@ -63,7 +63,9 @@ class Spec:
     one process leaves the second core mostly idle), pretraining and evaluation sizes are unchanged
     from the previous full run (38 CPU-min in all then, ~33 CPU-min expected now: ~6 pretraining +
     base evaluation, ~18 for ~700 post-training steps, ~9 for 21 runs' compilation, loading and
-    evaluation), i.e. ~20 min on 2 idle cores.
+    evaluation), i.e. ~20 min on 2 idle cores. Measured (2026-11-26, the committed RESULTS.md):
+    45.2 min wall and 31.9 CPU-min for the whole command at a load average of 2.8-9.6 (other jobs
+    on the same 2 cores), 725 post-training steps.
   - evaluation: every held-out problem level 1 allows (50 of its 100; the other 50 are trained on),
     and 150 for levels 2-3 (eval_extra more, drawn distinct and absent from every training file):
     a per-level standard error of ~4 points per seed instead of ~8 at 32 problems.

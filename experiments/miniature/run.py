@@ -179,9 +179,10 @@ def _outcome(spec: ms.Spec, paths: Paths, key: ms.RunKey, results) -> mini_resul
   run_dir = paths.run(key)
   if key.method is ms.Method.SFT_GRPO:
     stage1 = run_dir / "stage1"
-    steps1 = len(mini_results.read_curve(stage1))
-    return mini_results.RunOutcome(key=key, results=results, tokens=_tokens(stage1) + _tokens(run_dir),
-                                   records=mini_results.read_curve(stage1, run_dir, offset=steps1))
+    steps1, tokens1 = len(mini_results.read_curve(stage1)), _tokens(stage1)
+    return mini_results.RunOutcome(key=key, results=results, tokens=tokens1 + _tokens(run_dir),
+                                   records=mini_results.read_curve(stage1, run_dir, offset=steps1,
+                                                                   token_offset=tokens1))
   return mini_results.RunOutcome(key=key, results=results, tokens=_tokens(run_dir),
                                  records=mini_results.read_curve(run_dir))
 
@@ -243,6 +244,11 @@ def run(spec: ms.Spec, *, workdir: pathlib.Path, results_dir: pathlib.Path, redu
     loads.append(os.getloadavg()[0])
   usage = mini_results.Usage(wall_s=time.perf_counter() - t0, cpu_s=cpu_seconds() - cpu0,
                              load_min=min(loads), load_max=max(loads), workers=workers)
+  usage_file = workdir / "usage.json"  # the last training invocation's cost, for later reports
+  if not report_only:
+    usage_file.write_text(json.dumps(dataclasses.asdict(usage)))
+  elif usage_file.is_file():
+    usage = dataclasses.replace(mini_results.Usage(**json.loads(usage_file.read_text())), regenerated=True)
   path = report(spec, paths, results_dir=results_dir, usage=usage, reduced_note=reduced_note)
   log(f"done: {path} ({usage.wall_s / 60:.1f} min wall, {usage.cpu_s / 60:.1f} CPU-min)")
   return path
