@@ -13,8 +13,19 @@ in any mix. `pack` lays them out as `MicroBatches`, NumPy arrays of shape [M, Bm
   * per-row fields say which loss applies: `is_demo`, `rl_weight`, `sft_weight`, `advantages`,
     `group_ids`, and `group_size` / `num_questions` for the paper-mode per-question average.
 
+With `PackConfig(shared_prompts=SharedPrompts(...))` the rows are laid out for the shared-prompt
+forward (`hpt_jax.models.shared_prefix`): every micro-batch keeps the same rows, but each DISTINCT
+prompt of the micro-batch is stored once in `prefix_tokens` [M, Gp, P] and the per-row arrays hold the
+responses only, [M, Bm, R] (`tokens[t]` = `targets[t]` = response token t, `positions` continue the
+prompt's, `response_mask` = `attention_mask` = real response slots), with `prefix_index` [M, Bm] naming
+each row's prefix. The loss sees the same log-probs in another column order, so every objective is
+unchanged, except one that takes its constant T from the padded width (`width=None`): that width is R
+here, the prompt + response bucket L in the plain layout. `real_tokens` counts prompt + response tokens
+per row in both layouts.
+
 Everything is deterministic NumPy; nothing here touches a device.
-Letters: B rows, M micro-batches, Bm rows per micro-batch, L padded length.
+Letters: B rows, M micro-batches, Bm rows per micro-batch, L padded length; shared layout: Gp prefix
+slots per micro-batch, P prefix length, R response length.
 """
 
 from __future__ import annotations
@@ -86,6 +97,31 @@ class Rows:
     return np.array([len(p) + len(r) for p, r in zip(self.prompts, self.responses)], np.int64)
 
 
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SharedPrompts:
+  """Static shapes of the shared-prompt layout.
+
+  Attributes:
+    prompt_buckets: increasing prefix lengths P to choose from (the longest prompt of the batch).
+    response_buckets: increasing response lengths R to choose from (the longest response).
+    prefix_slot_multiple: Gp, the prefix slots per micro-batch, is the largest number of distinct
+      prompts in one micro-batch rounded up to a multiple of this (a multiple of the mesh's
+      batch-sharding size under a mesh; a larger one means fewer distinct shapes, so fewer compiles).
+  """
+
+  prompt_buckets: tuple[int, ...]
+  response_buckets: tuple[int, ...]
+  prefix_slot_multiple: int = 1
+
+  def __post_init__(self):
+    for name in ("prompt_buckets", "response_buckets"):
+      buckets = getattr(self, name)
+      if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+        raise ValueError(f"SharedPrompts.{name} must be non-empty, strictly increasing and >= 1, got {buckets}")
+    if self.prefix_slot_multiple < 1:
+      raise ValueError(f"SharedPrompts.prefix_slot_multiple must be >= 1, got {self.prefix_slot_multiple}")
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PackConfig:
   """Static-shape layout of a batch.
@@ -96,12 +132,15 @@ class PackConfig:
     micro_batch_multiple: the micro-batch count M is rounded up to a multiple of this (static
       M across steps: set it to the largest M a step can need).
     pad_id: token id written into padding positions (never attended, never a target).
+    shared_prompts: lay rows out for the shared-prompt forward (see the module docstring); None: the
+      plain `prompt ++ response` rows of a `length_buckets` length.
   """
 
   length_buckets: tuple[int, ...]
   rows_per_micro_batch: int
   micro_batch_multiple: int = 1
   pad_id: int = 0
+  shared_prompts: SharedPrompts | None = None
 
   def __post_init__(self):
     if not self.length_buckets or list(self.length_buckets) != sorted(set(self.length_buckets)):
@@ -134,12 +173,32 @@ class MicroBatches(NamedTuple):
   rl_weight: np.ndarray  # float32 [M, Bm]
   sft_weight: np.ndarray  # float32 [M, Bm]
   num_questions: np.ndarray  # float32 [], distinct questions in the batch (paper-mode average)
+  # Shared-prompt layout only (None in the plain layout):
+  prefix_tokens: np.ndarray | None = None  # int32 [M, Gp, P], each distinct prompt once, right-padded
+  prefix_mask: np.ndarray | None = None  # bool [M, Gp, P], True on real prompt tokens
+  prefix_index: np.ndarray | None = None  # int32 [M, Bm], the row's prefix slot (0 on padding rows)
 
 
 # Rank of every `MicroBatches` field (3: [M, Bm, L], 2: [M, Bm], 0: scalar), for shardings.
 FIELD_NDIMS = MicroBatches(tokens=3, positions=3, attention_mask=3, targets=3, response_mask=3, old_logp=3,
                            has_old_logp=0, is_demo=2, row_valid=2, advantages=2, rewards=2, group_ids=2,
                            group_size=2, question_index=2, rl_weight=2, sft_weight=2, num_questions=0)
+SHARED_FIELD_NDIMS = FIELD_NDIMS._replace(prefix_tokens=3, prefix_mask=3, prefix_index=2)
+
+
+def field_ndims(batch: MicroBatches) -> MicroBatches:
+  """The rank of each field of `batch`'s layout (None where the layout has no such field)."""
+  return FIELD_NDIMS if batch.prefix_tokens is None else SHARED_FIELD_NDIMS
+
+
+def real_tokens(batch: MicroBatches, xp=np):
+  """Prompt + response tokens of the batch's real rows, in either layout (`xp`: np, or jnp under jit)."""
+  count = batch.attention_mask.sum()
+  if batch.prefix_mask is None:
+    return count
+  lengths = batch.prefix_mask.sum(-1)                                     # [M, Gp]
+  per_row = xp.take_along_axis(lengths, batch.prefix_index, axis=1)       # [M, Bm]
+  return count + xp.where(batch.row_valid, per_row, 0).sum()
 
 
 def choose_bucket(max_length: int, buckets: Sequence[int]) -> int:
@@ -174,11 +233,12 @@ def pack(rows: Rows, *, config: PackConfig, advantages: np.ndarray | None = None
   if short:
     raise ValueError(f"rows.prompts: rows {short} have an empty prompt; the first response token is "
                      "predicted from the last prompt token, so every row needs one")
+  if config.shared_prompts is not None:
+    return _pack_shared(rows, config, advantages)
   lengths = rows.lengths()
   seq_len = choose_bucket(int(lengths.max()), config.length_buckets)
   bm = config.rows_per_micro_batch
-  m = -(-b // bm)
-  m = -(-m // config.micro_batch_multiple) * config.micro_batch_multiple
+  m = _micro_batch_count(b, config)
   n_slots = m * bm
 
   tokens = np.full((n_slots, seq_len), config.pad_id, np.int32)
@@ -199,22 +259,80 @@ def pack(rows: Rows, *, config: PackConfig, advantages: np.ndarray | None = None
     if rows.old_logp is not None:
       old_logp[i, p - 1:p + t - 1] = rows.old_logp[i]
 
+  shape3 = (m, bm, seq_len)
+  return _with_row_fields(
+      rows, advantages, m=m, bm=bm,
+      tokens=tokens.reshape(shape3),
+      positions=positions.reshape(shape3),
+      attention_mask=attention.reshape(shape3),
+      targets=targets.reshape(shape3),
+      response_mask=resp_mask.reshape(shape3),
+      old_logp=old_logp.reshape(shape3))
+
+
+def _micro_batch_count(b: int, config: PackConfig) -> int:
+  m = -(-b // config.rows_per_micro_batch)
+  return -(-m // config.micro_batch_multiple) * config.micro_batch_multiple
+
+
+def _pack_shared(rows: Rows, config: PackConfig, advantages: np.ndarray) -> MicroBatches:
+  """`pack` in the shared-prompt layout (module docstring): same rows in the same micro-batches."""
+  layout = config.shared_prompts
+  b, bm = rows.num_rows, config.rows_per_micro_batch
+  m = _micro_batch_count(b, config)
+  prompt_len = choose_bucket(max(len(p) for p in rows.prompts), layout.prompt_buckets)
+  resp_len = choose_bucket(max(len(r) for r in rows.responses), layout.response_buckets)
+  # Distinct prompts of each micro-batch, in order of first appearance.
+  slots_of: list[dict[bytes, int]] = [{} for _ in range(m)]
+  prefix_index = np.zeros((m * bm,), np.int32)
+  for i, prompt in enumerate(rows.prompts):
+    slots = slots_of[i // bm]
+    prefix_index[i] = slots.setdefault(np.asarray(prompt, np.int64).tobytes(), len(slots))
+  gp = max(len(s) for s in slots_of)
+  gp = -(-gp // layout.prefix_slot_multiple) * layout.prefix_slot_multiple
+  prefix_tokens = np.full((m, gp, prompt_len), config.pad_id, np.int32)
+  prefix_mask = np.zeros((m, gp, prompt_len), bool)
+  for mi, slots in enumerate(slots_of):
+    for key, slot in slots.items():
+      prompt = np.frombuffer(key, np.int64)
+      prefix_tokens[mi, slot, :len(prompt)] = prompt
+      prefix_mask[mi, slot, :len(prompt)] = True
+
+  n_slots = m * bm
+  tokens = np.full((n_slots, resp_len), config.pad_id, np.int32)
+  positions = np.zeros((n_slots, resp_len), np.int32)
+  mask = np.zeros((n_slots, resp_len), bool)
+  old_logp = np.zeros((n_slots, resp_len), np.float32)
+  for i, (prompt, resp) in enumerate(zip(rows.prompts, rows.responses)):
+    p, t = len(prompt), len(resp)
+    tokens[i, :t] = resp
+    positions[i, :t] = p + np.arange(t)
+    mask[i, :t] = True
+    if rows.old_logp is not None:
+      old_logp[i, :t] = rows.old_logp[i]
+  shape3 = (m, bm, resp_len)
+  tokens = tokens.reshape(shape3)
+  mask = mask.reshape(shape3)
+  return _with_row_fields(
+      rows, advantages, m=m, bm=bm, tokens=tokens, positions=positions.reshape(shape3), attention_mask=mask,
+      targets=tokens, response_mask=mask, old_logp=old_logp.reshape(shape3), prefix_tokens=prefix_tokens,
+      prefix_mask=prefix_mask, prefix_index=prefix_index.reshape(m, bm))
+
+
+def _with_row_fields(rows: Rows, advantages: np.ndarray, *, m: int, bm: int, **token_fields) -> MicroBatches:
+  """`MicroBatches` from the layout's token arrays plus the per-row fields (padding rows weigh 0)."""
+  b = rows.num_rows
+
   def per_row(values, dtype, fill):
-    out = np.full((n_slots,), fill, dtype)
+    out = np.full((m * bm,), fill, dtype)
     out[:b] = values
     return out.reshape(m, bm)
 
   group_ids = np.asarray(rows.group_ids, np.int64)
   _, inverse, counts = np.unique(group_ids, return_inverse=True, return_counts=True)
   question_index = np.asarray(rows.question_index, np.int64)
-  shape3 = (m, bm, seq_len)
   return MicroBatches(
-      tokens=tokens.reshape(shape3),
-      positions=positions.reshape(shape3),
-      attention_mask=attention.reshape(shape3),
-      targets=targets.reshape(shape3),
-      response_mask=resp_mask.reshape(shape3),
-      old_logp=old_logp.reshape(shape3),
+      **token_fields,
       has_old_logp=np.asarray(rows.old_logp is not None),
       is_demo=per_row(np.asarray(rows.is_demo, bool), bool, False),
       row_valid=per_row(np.ones(b, bool), bool, False),
@@ -230,5 +348,5 @@ def pack(rows: Rows, *, config: PackConfig, advantages: np.ndarray | None = None
 
 
 def token_count(batch: MicroBatches) -> int:
-  """Real (attended) tokens in the batch, for throughput figures."""
-  return int(np.asarray(batch.attention_mask).sum())
+  """Real tokens in the batch (prompt + response per row, either layout), for throughput figures."""
+  return int(real_tokens(MicroBatches(*(None if x is None else np.asarray(x) for x in batch))))

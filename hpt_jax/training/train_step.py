@@ -18,6 +18,9 @@ data × fsdp; XLA inserts the reductions, so sums over rows are global across de
 equals the single-device step. Parameters and optimizer state are donated. The master weights are
 fp32; they are cast to the model config's dtype (bf16 on accelerators) inside the loss.
 
+A batch in the shared-prompt layout (`PackConfig(shared_prompts=...)`) runs each micro-batch's
+distinct prompts once (`models.shared_prefix`); everything after the hidden states is the same.
+
 Letters: M micro-batches, Bm rows each, L positions, R virtual ranks (OFFICIAL only).
 """
 
@@ -39,7 +42,8 @@ from hpt_jax.models import sharding as sharding_lib
 from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training import optimizer as optim_lib
 from hpt_jax.training import state as state_lib
-from hpt_jax.training.batching import FIELD_NDIMS, MicroBatches
+from hpt_jax.models.shared_prefix import shared_prefix_hidden
+from hpt_jax.training.batching import MicroBatches, field_ndims, real_tokens
 from hpt_jax.training.state import TrainState
 from hpt_jax.typing import Array
 
@@ -68,20 +72,30 @@ class TrainStep:
     self.mesh = mesh
     self.graphdef = state_lib.model_graphdef(model_config)
     self._compute_dtype = jnp.dtype(model_config.dtype)
-    if mesh is None:
-      self._grads = jax.jit(self._loss_and_grads)
-      self._step = jax.jit(self._update, donate_argnums=(0, 1))
-    else:
+    # Jitted (grads, step) per batch layout (plain / shared-prompt): the layouts are different pytrees.
+    self._jitted: dict[bool, tuple[Any, Any]] = {}
+    if mesh is not None:
       abstract_state, abstract_pure = state_lib.abstract_params(model_config)
-      p_shard = mesh_lib.param_shardings(abstract_state, mesh)
-      o_shard = mesh_lib.opt_state_shardings(optimizer, abstract_pure, p_shard, mesh)
-      b_shard = jax.tree.map(lambda n: mesh_lib.batch_sharding(mesh, n), FIELD_NDIMS)
-      rep = mesh_lib.replicated(mesh)
-      self._grads = jax.jit(self._loss_and_grads, in_shardings=(p_shard, b_shard),
-                            out_shardings=(rep, p_shard, rep))
-      self._step = jax.jit(self._update, in_shardings=(p_shard, o_shard, rep, b_shard),
-                           out_shardings=(p_shard, o_shard, rep, rep), donate_argnums=(0, 1))
-      self._batch_sharding = b_shard
+      self._p_shard = mesh_lib.param_shardings(abstract_state, mesh)
+      self._o_shard = mesh_lib.opt_state_shardings(optimizer, abstract_pure, self._p_shard, mesh)
+
+  def _batch_shardings(self, batch: MicroBatches) -> MicroBatches:
+    return jax.tree.map(lambda n: mesh_lib.batch_sharding(self.mesh, n), field_ndims(batch))
+
+  def _functions(self, batch: MicroBatches) -> tuple[Any, Any]:
+    """(grads, step) jitted for `batch`'s layout, with the mesh's shardings."""
+    shared = batch.prefix_tokens is not None
+    if shared not in self._jitted:
+      if self.mesh is None:
+        self._jitted[shared] = (jax.jit(self._loss_and_grads), jax.jit(self._update, donate_argnums=(0, 1)))
+      else:
+        p_shard, o_shard, rep = self._p_shard, self._o_shard, mesh_lib.replicated(self.mesh)
+        b_shard = self._batch_shardings(batch)
+        self._jitted[shared] = (
+            jax.jit(self._loss_and_grads, in_shardings=(p_shard, b_shard), out_shardings=(rep, p_shard, rep)),
+            jax.jit(self._update, in_shardings=(p_shard, o_shard, rep, b_shard),
+                    out_shardings=(p_shard, o_shard, rep, rep), donate_argnums=(0, 1)))
+    return self._jitted[shared]
 
   # ----------------------------------------------------------------------------------------- public
 
@@ -89,18 +103,20 @@ class TrainStep:
     """Moves a host batch onto the mesh with the step's batch sharding (no-op without a mesh)."""
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, batch)
-    return jax.device_put(batch, self._batch_sharding)
+    return jax.device_put(batch, self._batch_shardings(batch))
 
   def loss_and_grads(self, params: dict, batch: MicroBatches) -> tuple[Array, dict, dict]:
     """(loss, grads (pure dict like params), metrics) without an update."""
     with self._mesh_context():
-      return self._grads(params, self.place_batch(batch))
+      grads_fn, _ = self._functions(batch)
+      return grads_fn(params, self.place_batch(batch))
 
   def __call__(self, state: TrainState, batch: MicroBatches) -> tuple[TrainState, dict]:
     """One optimizer update. `state.params` and `state.opt_state` are donated."""
     with self._mesh_context():
-      params, opt_state, step, metrics = self._step(state.params, state.opt_state, state.step,
-                                                    self.place_batch(batch))
+      _, step_fn = self._functions(batch)
+      params, opt_state, step, metrics = step_fn(state.params, state.opt_state, state.step,
+                                                 self.place_batch(batch))
     return state._replace(params=params, opt_state=opt_state, step=step), metrics
 
   # ---------------------------------------------------------------------------------------- private
@@ -123,7 +139,7 @@ class TrainStep:
       params = jax.tree.map(lambda p: p.astype(self._compute_dtype), params)
     params = _gather_vocab_tables(params)
     model = nnx.merge(self.graphdef, nnx.State(params))
-    hidden, _ = model(mb.tokens, positions=mb.positions, attention_mask=mb.attention_mask)
+    hidden = policy_hidden(model, mb)
     if cfg.logprob_chunk is None:
       return upge.token_logprobs(model.logits(hidden), mb.targets, temperature=cfg.temperature)
     return upge.chunked_token_logprobs(hidden, model.unembedding(), mb.targets, chunk_size=cfg.logprob_chunk,
@@ -204,7 +220,7 @@ class TrainStep:
     # The update's real tokens (prompt + response, padding excluded: what the loop counts for its
     # token budget) drive a token-clock lr schedule (OptimConfig.schedule_unit=TOKENS).
     updates, new_opt_state = self.optimizer.update(grads, opt_state, params,
-                                                   num_tokens=batch.attention_mask.sum())
+                                                   num_tokens=real_tokens(batch, jnp))
     new_params = optim_lib.apply_updates_unless_skipped(params, updates, new_opt_state)
     metrics = metrics | {
         "optim/grad_norm": new_opt_state.last_grad_norm,
@@ -212,6 +228,20 @@ class TrainStep:
         "optim/num_skipped": new_opt_state.num_skipped,
     }
     return new_params, new_opt_state, step + 1, metrics
+
+
+def policy_hidden(model, mb: MicroBatches) -> Array:
+  """[Bm, T, D] final-norm hidden states, slot t predicting `mb.targets[:, t]`, in either layout.
+
+  Plain rows run the model's causal forward; shared-prompt rows the shared-prefix forward (each
+  distinct prompt once; `hpt_jax.models.shared_prefix`).
+  """
+  if mb.prefix_tokens is None:
+    hidden, _ = model(mb.tokens, positions=mb.positions, attention_mask=mb.attention_mask)
+    return hidden
+  return shared_prefix_hidden(model, prefix_tokens=mb.prefix_tokens, prefix_mask=mb.prefix_mask,
+                              suffix_tokens=mb.tokens, suffix_mask=mb.attention_mask,
+                              prefix_index=mb.prefix_index)
 
 
 def _gather_vocab_tables(params: dict) -> dict:

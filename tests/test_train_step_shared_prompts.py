@@ -1,0 +1,114 @@
+"""The shared-prompt layout gives the plain layout's train step: same loss, gradients, metrics, updates.
+
+The plain layout (every row `prompt ++ response`) is the reference: its step is itself checked against
+written-out formulas in test_train_step.py. Here the same rows go through both layouts.
+"""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from hpt_jax import hybrid, models, upge
+from hpt_jax.hybrid.objective import LossConfig, LossMode
+from hpt_jax.training import batching, mesh as mesh_lib, optimizer as optim_lib, state as state_lib
+from hpt_jax.training.train_step import TrainStep
+
+T_CONST = 16
+CFG = models.presets.tiny(num_layers=2, vocab_size=64, hidden_size=32, intermediate_size=64, num_heads=4,
+                          num_kv_heads=2, head_dim=8)
+
+
+def _rows(*, seed=3, q=5, n=3, old_logp=False):
+  """A mixed HPT batch: one all-wrong question (→ its demonstration), RL groups of n rollouts."""
+  rng = np.random.default_rng(seed)
+  prompts = [rng.integers(1, 64, rng.integers(2, 6)) for _ in range(q)]
+  rollouts = [[rng.integers(1, 64, rng.integers(1, 8)) for _ in range(n)] for _ in range(q)]
+  rewards = [rng.integers(0, 2, n).astype(float) for _ in range(q)]
+  rewards[0][:] = 0.0
+  rewards[1][:] = [1.0] + [0.0] * (n - 1)
+  demos = [rng.integers(1, 64, rng.integers(3, 8)) for _ in range(q)]
+  decision = hybrid.decide(hybrid.HardGate(threshold=hybrid.Threshold.of_count(0)),
+                           correct=np.array([int(r.sum()) for r in rewards]), num_rollouts=n)
+  rows = hybrid.route(decision, prompts=prompts, rollouts=rollouts, rollout_rewards=rewards, demos=demos)
+  if old_logp:  # π_old ≠ π_θ: ratios far enough from 1 to land in the clip regions
+    rows = batching.Rows(**{f: getattr(rows, f) for f in ("prompts", "responses", "is_demo", "group_ids",
+                                                          "question_index", "rewards", "rl_weight", "sft_weight")},
+                         old_logp=[rng.normal(-4.2, 0.5, len(r)).astype(np.float32) for r in rows.responses])
+  return rows
+
+
+def _packs(rows, *, bm=8, multiple=1, prefix_multiple=1):
+  plain = batching.PackConfig(length_buckets=(16,), rows_per_micro_batch=bm, micro_batch_multiple=multiple)
+  shared = batching.PackConfig(length_buckets=(16,), rows_per_micro_batch=bm, micro_batch_multiple=multiple,
+                               shared_prompts=batching.SharedPrompts(prompt_buckets=(6,), response_buckets=(8,),
+                                                                     prefix_slot_multiple=prefix_multiple))
+  return batching.pack(rows, config=plain), batching.pack(rows, config=shared)
+
+
+def _assert_trees_close(a, b, *, rel):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    y = np.asarray(y)
+    np.testing.assert_allclose(np.asarray(x), y, rtol=0, atol=rel * max(float(np.abs(y).max()), 1e-30),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_pack_stores_each_distinct_prompt_once_and_counts_the_same_tokens():
+  rows = _rows(q=5, n=3)
+  plain, shared = _packs(rows)
+  assert shared.tokens.shape[:2] == plain.tokens.shape[:2]
+  for mi in range(shared.tokens.shape[0]):
+    lo, hi = mi * 8, min(mi * 8 + 8, rows.num_rows)
+    distinct = {tuple(p) for p in rows.prompts[lo:hi]}
+    stored = {tuple(t[m]) for t, m in zip(shared.prefix_tokens[mi], shared.prefix_mask[mi]) if m.any()}
+    assert stored == distinct
+    for i in range(lo, hi):  # each row's prefix slot holds its prompt, its slots its response
+      slot = shared.prefix_index[mi, i - lo]
+      np.testing.assert_array_equal(shared.prefix_tokens[mi, slot][shared.prefix_mask[mi, slot]], rows.prompts[i])
+      np.testing.assert_array_equal(shared.tokens[mi, i - lo][shared.attention_mask[mi, i - lo]], rows.responses[i])
+  assert shared.prefix_tokens.shape[1] < 8  # fewer prefix slots than rows
+  assert batching.token_count(shared) == batching.token_count(plain) == int(rows.lengths().sum())
+  assert int(shared.response_mask.sum()) == int(plain.response_mask.sum())
+
+
+@pytest.mark.parametrize("loss", [
+    LossConfig(algorithm=upge.HptRl(width=T_CONST), entropy_coeff=0.001, logprob_chunk=8, official_ranks=2),
+    LossConfig(algorithm=upge.HptRl(width=T_CONST), mode=LossMode.PAPER, rl_width=T_CONST, logprob_chunk=None),
+    LossConfig(algorithm=upge.Grpo(), mode=LossMode.GLOBAL, sft=False, logprob_chunk=None),
+], ids=["official", "paper", "grpo-clip-old-logp"])
+def test_shared_layout_step_equals_plain_layout(loss):
+  rows = _rows(old_logp=isinstance(loss.algorithm, upge.Grpo))
+  plain, shared = _packs(rows, bm=4, multiple=4)
+  assert plain.tokens.shape[0] == 4
+  params = state_lib.create_train_state(CFG, optim_lib.make_optimizer(optim_lib.OptimConfig()), seed=0).params
+  step = TrainStep(CFG, loss=loss, optimizer=optim_lib.make_optimizer(optim_lib.OptimConfig()))
+  loss_p, grads_p, metrics_p = step.loss_and_grads(params, plain)
+  loss_s, grads_s, metrics_s = step.loss_and_grads(params, shared)
+  np.testing.assert_allclose(float(loss_s), float(loss_p), rtol=1e-5)
+  _assert_trees_close(grads_s, grads_p, rel=1e-5)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads_p)) > 1e-3
+  for key, value in metrics_p.items():
+    np.testing.assert_allclose(float(metrics_s[key]), float(value), rtol=1e-5, atol=1e-7, err_msg=key)
+  if isinstance(loss.algorithm, upge.Grpo):  # the old log-probs really put tokens in the clip regions
+    assert 0 < float(metrics_p["algo/clipped_frac"]) < 1
+
+
+def test_shared_layout_sharded_step_equals_single_device():
+  """data=2 × fsdp=2 × tensor=2: one update from the shared layout equals the single-device one
+  (and the plain layout's)."""
+  rows = _rows(q=6, n=4)
+  plain, shared = _packs(rows, bm=8, prefix_multiple=4)
+  optimizer = optim_lib.make_optimizer(optim_lib.OptimConfig(learning_rate=1e-3))
+  loss = LossConfig(algorithm=upge.HptRl(width=T_CONST), logprob_chunk=8)
+  mesh = mesh_lib.MeshConfig(data=2, fsdp=2, tensor=2).build()
+  out = {}
+  for name, m, batch in (("one", None, shared), ("mesh", mesh, shared), ("plain", None, plain)):
+    state = state_lib.create_train_state(CFG, optimizer, seed=0, mesh=m)
+    new_state, metrics = TrainStep(CFG, loss=loss, optimizer=optimizer, mesh=m)(state, batch)
+    out[name] = jax.device_get((new_state.params, metrics))
+  for other in ("mesh", "plain"):
+    for key in ("loss/total", "optim/grad_norm", "batch/response_tokens"):
+      np.testing.assert_allclose(out[other][1][key], out["one"][1][key], rtol=1e-5, err_msg=f"{other} {key}")
+    for x, y in zip(jax.tree.leaves(out[other][0]), jax.tree.leaves(out["one"][0])):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-5)
