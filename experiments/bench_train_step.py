@@ -9,6 +9,14 @@ official arithmetic). Both sides compute the same loss on the same rows; the fir
 side by side as a check. Steps are timed interleaved (ours, torch, ours, ...) so that on a shared machine
 both see the same load; medians are reported.
 
+Ours runs in two layouts of the same rows (`--layouts`): `shared` (the default of the training loop:
+each micro-batch's distinct prompts are computed once and its rows' responses attend to them,
+`hpt_jax.models.shared_prefix`; 120 rollouts of 15 prompts need 15, not 120, prompt passes) and
+`plain` (every row `prompt ++ response`, as torch computes it). Both give the same loss and gradient
+(tests/test_train_step_shared_prompts.py; the first-step losses are printed side by side). MFU is
+model FLOPs of the plain workload (what torch computes) over time; `computed` is what our program
+really runs on its padded shapes, and each layout's floor line uses its own computed FLOPs.
+
 Each step is timed in wall seconds and in process CPU seconds (`time.process_time`, all threads): on a
 machine shared with other jobs the CPU seconds are the steadier measure of the work a step costs. The
 load average is printed before and after. Log-probs use full logits by default (`--logprob-chunk 0`):
@@ -90,12 +98,38 @@ def make_rows(*, vocab: int, prompt_len: int, response_len: int, rl_questions: i
   return hybrid.route(decision, prompts=prompts, rollouts=rollouts, rollout_rewards=rewards, demos=demos)
 
 
-def step_flops(config: ModelConfig, *, rows: int, seq: int) -> float:
-  d, f, l, v = config.hidden_size, config.intermediate_size, config.num_layers, config.vocab_size
+def _matmul_params(config: ModelConfig) -> tuple[int, int]:
+  """(matmul parameters of one layer, of the unembedding)."""
+  d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
   nh, kh, h = config.num_heads, config.num_kv_heads, config.head_dim
-  matmul_params = l * (d * nh * h * 2 + d * kh * h * 2 + 3 * d * f) + d * v
-  per_token_fwd = 2 * matmul_params + 4 * l * seq * nh * h
-  return 3.0 * per_token_fwd * rows * seq
+  return d * nh * h * 2 + d * kh * h * 2 + 3 * d * f, d * v
+
+
+def step_flops(config: ModelConfig, *, rows: int, seq: int) -> float:
+  """Model FLOPs of one step over `rows` plain rows of `seq` tokens: 3 x the forward's matmuls."""
+  layer, unembed = _matmul_params(config)
+  attention = 4 * config.num_layers * seq * config.num_heads * config.head_dim
+  return 3.0 * (2 * (config.num_layers * layer + unembed) + attention) * rows * seq
+
+
+def computed_flops(config: ModelConfig, batch: batching.MicroBatches) -> float:
+  """Matmul FLOPs our step really runs on `batch`'s padded shapes (3 x forward), in either layout.
+
+  Plain: every slot of [M, Bm, L] through the layers, attention over L keys, unembedding everywhere.
+  Shared prompts: the Gp x P prefix slots and Bm x R suffix slots through the layers; prefix queries
+  attend P keys, suffix queries P + R; the unembedding on the suffix slots only.
+  """
+  layer, unembed = _matmul_params(config)
+  per_key = 4 * config.num_layers * config.num_heads * config.head_dim  # scores + values, per query-key pair
+  m, bm, r = batch.tokens.shape
+  if batch.prefix_tokens is None:
+    slots = m * bm * r
+    return 3.0 * slots * (2 * (config.num_layers * layer + unembed) + per_key * r)
+  gp, p = batch.prefix_tokens.shape[1:]
+  prefix, suffix = m * gp * p, m * bm * r
+  fwd = (prefix + suffix) * 2 * config.num_layers * layer + suffix * 2 * unembed
+  fwd += per_key * (prefix * p + suffix * (p + r))
+  return 3.0 * fwd
 
 
 def matmul_peak(repeats: int) -> float:
@@ -173,6 +207,9 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--rows-per-micro-batch", type=int, default=32,
                       help="our step accumulates gradients over micro-batches of this many rows")
+  parser.add_argument("--layouts", default="shared,plain",
+                      help="ours, comma-separated: shared (each distinct prompt once per micro-batch) and/or "
+                      "plain (prompt ++ response rows, the torch peer's layout)")
   parser.add_argument("--logprob-chunk", type=int, default=0,
                       help="positions per log-prob chunk (recomputed in the backward pass); 0 = full logits")
   args = parser.parse_args()
@@ -189,72 +226,92 @@ def main():
                    rl_questions=rl_questions, demo_questions=demo_questions, n=n, seed=0)
   seq = prompt_len + response_len
   bm = min(4 if smoke else args.rows_per_micro_batch, rows.num_rows)
-  batch = batching.pack(rows, config=batching.PackConfig(length_buckets=(seq,), rows_per_micro_batch=bm))
+  plain_batch = batching.pack(rows, config=batching.PackConfig(length_buckets=(seq,), rows_per_micro_batch=bm))
+  shared = batching.SharedPrompts(prompt_buckets=(prompt_len,), response_buckets=(response_len,))
+  batches = {"plain": plain_batch, "shared": batching.pack(rows, config=batching.PackConfig(
+      length_buckets=(seq,), rows_per_micro_batch=bm, shared_prompts=shared))}
+  layouts = [name for name in ("shared", "plain") if name in args.layouts.split(",")]
   tokens = rows.num_rows * seq
 
   optimizer = optim_lib.make_optimizer(optim_lib.OptimConfig())
   loss = LossConfig(algorithm=upge.HptRl(width=response_len), rl_width=response_len,
                     entropy_coeff=ENTROPY_COEFF, logprob_chunk=args.logprob_chunk or None)
   step = TrainStep(config, loss=loss, optimizer=optimizer)
-  state = state_lib.create_train_state(config, optimizer, seed=0, params=params)
-  device_batch = step.place_batch(batch)
+  runners, compile_s, first_loss = {}, {}, {}
+  for layout in layouts:
+    state = state_lib.create_train_state(config, optimizer, seed=0, params=params)
+    device_batch = step.place_batch(batches[layout])
+    t = time.perf_counter()
+    state, metrics = step(state, device_batch)
+    jax.block_until_ready(state.params)
+    compile_s[layout] = time.perf_counter() - t
+    first_loss[layout] = float(metrics["loss/total"])
+    holder = {"state": state}
 
-  t = time.perf_counter()
-  state, metrics = step(state, device_batch)
-  jax.block_until_ready(state.params)
-  compile_s = time.perf_counter() - t
-  first_loss_jax = float(metrics["loss/total"])
-  holder = {"state": state}
+    def jax_step(holder=holder, device_batch=device_batch):
+      holder["state"], _ = step(holder["state"], device_batch)
+      jax.block_until_ready(holder["state"].params)
 
-  def jax_step():
-    holder["state"], m = step(holder["state"], device_batch)
-    jax.block_until_ready(holder["state"].params)
-    return m
+    runners[f"ours ({layout})"] = jax_step
 
   hf = hf.to(TORCH_DEVICE)  # the peer on the same kind of chip (BENCH_TORCH_DEVICE)
-  torch_step = torch_step_fn(hf, batch, width=response_len)
+  torch_step = torch_step_fn(hf, plain_batch, width=response_len)
   hf_one = transformers.Qwen2ForCausalLM(hf.config).float().to(TORCH_DEVICE)
   hf_one.load_state_dict(hf.state_dict())  # the same start weights (hf has taken no step yet)
-  torch_one_step = torch_step_fn(hf_one, batch, width=response_len, one_batch=True)
+  torch_one_step = torch_step_fn(hf_one, plain_batch, width=response_len, one_batch=True)
   t = time.perf_counter()
   first_loss_torch = torch_step()  # warm-up (also the same-weights check)
   torch_warm_s = time.perf_counter() - t
   torch_one_step()
-  # Interleaved (ours, torch, torch one batch, ...): on a shared machine all see the same load.
+  runners["torch"] = torch_step
+  runners["torch one batch"] = torch_one_step
+  # Interleaved (each of ours, torch, torch one batch, then again): on a shared machine all see the same load.
   load_before = os.getloadavg()[0]
   peaks = [matmul_peak(3)]
-  jax_times, torch_times, one_times = [], [], []
+  times = {name: [] for name in runners}
   for _ in range(repeats):
-    jax_times.append(timed(jax_step))
-    torch_times.append(timed(torch_step))
-    one_times.append(timed(torch_one_step))
-  med = lambda times, i: statistics.median(t[i] for t in times)
-  jax_s, torch_s, one_s = med(jax_times, 0), med(torch_times, 0), med(one_times, 0)
-  jax_cpu, torch_cpu, one_cpu = med(jax_times, 1), med(torch_times, 1), med(one_times, 1)
+    for name, run in runners.items():
+      times[name].append(timed(run))
+  med = {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+         for name, ts in times.items()}
   peaks.append(matmul_peak(3))
   peak = max(peaks)  # the best the machine gave us, before or after the timed steps
   flops = step_flops(config, rows=rows.num_rows, seq=seq)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, torch on {TORCH_DEVICE}, threads {torch.get_num_threads()}; "
-        f"{rows.num_rows} sequences x {seq} tokens ({int(rows.is_demo.sum())} demonstration rows); ours in "
-        f"{batch.tokens.shape[0]} micro-batches of {bm} rows, both sides; log-prob chunk "
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, torch on {TORCH_DEVICE}, threads "
+        f"{torch.get_num_threads()}; {rows.num_rows} sequences x {seq} tokens ({int(rows.is_demo.sum())} "
+        f"demonstration rows, {len({tuple(p) for p in rows.prompts})} distinct prompts); both sides in "
+        f"{plain_batch.tokens.shape[0]} micro-batches of {bm} rows; log-prob chunk "
         f"{args.logprob_chunk or 'none (full logits)'}")
-  print(f"first-step loss: ours {first_loss_jax:.6f}  torch {first_loss_torch:.6f}  "
-        f"(|diff| {abs(first_loss_jax - first_loss_torch):.2e})")
-  print(f"matmul peak (f32): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step {flops / 1e9:.2f} GFLOP")
+  if "shared" in batches and "shared" in layouts:
+    sb = batches["shared"]
+    print(f"ours (shared): each micro-batch's distinct prompts once, {sb.prefix_tokens.shape[1]} prefix slots "
+          f"x {sb.prefix_tokens.shape[2]} + {sb.tokens.shape[1]} rows x {sb.tokens.shape[2]} per micro-batch; "
+          f"same loss and gradient as the plain rows (tests/test_train_step_shared_prompts.py)")
+  print("first-step loss: " + "  ".join(f"ours ({k}) {v:.6f}" for k, v in first_loss.items())
+        + f"  torch {first_loss_torch:.6f}")
+  print(f"matmul peak (f32): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step {flops / 1e9:.2f} GFLOP (128 rows x "
+        f"{seq}, what torch computes); MFU below = model FLOPs / time / peak")
   print(f"load average (1 min): {load_before:.1f} before the timed steps, {os.getloadavg()[0]:.1f} after")
-  print(f"ours : {tokens / jax_s:10.0f} tokens/s  step {jax_s * 1e3:8.1f} ms  {jax_cpu:6.2f} CPU-s  "
-        f"MFU {flops / jax_s / peak:6.1%}  (compile + first step {compile_s:.1f} s)")
-  print(f"torch: {tokens / torch_s:10.0f} tokens/s  step {torch_s * 1e3:8.1f} ms  {torch_cpu:6.2f} CPU-s  "
-        f"MFU {flops / torch_s / peak:6.1%}  (first step {torch_warm_s:.1f} s)")
-  print(f"torch, one batch: {tokens / one_s:5.0f} tokens/s  step {one_s * 1e3:8.1f} ms  {one_cpu:6.2f} CPU-s  "
-        f"MFU {flops / one_s / peak:6.1%}")
-  print(f"speed-up ours/torch, wall: {torch_s / jax_s:.2f}x same micro-batches, {one_s / jax_s:.2f}x vs torch in "
-        f"one batch; CPU seconds: {torch_cpu / jax_cpu:.2f}x, {one_cpu / jax_cpu:.2f}x (medians of {repeats})")
-  floor_s = flops / peak  # every model FLOP at the measured matmul peak, nothing else
-  print(f"floor (100 % of the measured peak): step {floor_s * 1e3:8.1f} ms; the best ratio it allows: "
-        f"{torch_s / floor_s:.2f}x vs torch same micro-batches, {one_s / floor_s:.2f}x vs torch one batch")
-  for name, times in (("ours", jax_times), ("torch", torch_times), ("torch one batch", one_times)):
-    print(f"  {name}: wall ms {[round(t[0] * 1e3) for t in times]}, CPU ms {[round(t[1] * 1e3) for t in times]}")
+  for name, (wall, cpu) in med.items():
+    layout = name[6:-1] if name.startswith("ours") else None
+    extra = (f"  computed {computed_flops(config, batches[layout]) / 1e9:.4g} GFLOP "
+             f"(compile + first step {compile_s[layout]:.1f} s)" if layout else
+             (f"  (first step {torch_warm_s:.1f} s)" if name == "torch" else ""))
+    print(f"{name:16s}: {tokens / wall:8.0f} tokens/s  step {wall * 1e3:8.1f} ms  {cpu:6.2f} CPU-s  "
+          f"MFU {flops / wall / peak:6.1%}{extra}")
+  for layout in layouts:
+    wall, cpu = med[f"ours ({layout})"]
+    t_wall, t_cpu = med["torch"]
+    o_wall, o_cpu = med["torch one batch"]
+    print(f"speed-up ours ({layout})/torch, wall: {t_wall / wall:.2f}x same micro-batches, {o_wall / wall:.2f}x vs "
+          f"torch in one batch; CPU seconds: {t_cpu / cpu:.2f}x, {o_cpu / cpu:.2f}x (medians of {repeats})")
+  for layout in layouts:
+    floor_s = computed_flops(config, batches[layout]) / peak  # every FLOP we compute at the peak, nothing else
+    print(f"floor, ours ({layout}) (its computed FLOPs at 100 % of the measured peak): step {floor_s * 1e3:8.1f} ms; "
+          f"the best ratio it allows: {med['torch'][0] / floor_s:.2f}x vs torch same micro-batches, "
+          f"{med['torch one batch'][0] / floor_s:.2f}x vs torch one batch")
+  for name, ts in times.items():
+    print(f"  {name}: wall ms {[round(t[0] * 1e3) for t in ts]}, CPU ms {[round(t[1] * 1e3) for t in ts]}")
 
 
 if __name__ == "__main__":
