@@ -11,7 +11,7 @@ for part in "$@"; do
   t0=$(date +%s)
   case $part in
     sampler) timeout 70 python3 experiments/bench_sampler.py 2>&1 | grep -v Warning | tee $O/sampler.txt ;;
-    step) timeout 70 python3 experiments/bench_train_step.py 2>&1 | grep -v Warning | tee $O/train_step.txt ;;
+    step) timeout 120 python3 experiments/bench_train_step.py 2>&1 | grep -v Warning | tee $O/train_step.txt ;;
     iter) timeout 200 python3 experiments/bench_iteration.py --no-hpt --iters 3 --scaling-iters 2 --json $O/iteration.json > $O/iteration.txt 2>&1; tail -30 $O/iteration.txt ;;
     main) (time timeout 190 python3 -m hpt_jax.train --workdir /tmp/mj --set model.config.dtype_policy=bfloat16) > $O/main_job.txt 2>&1; grep -v "^[IW]1" $O/main_job.txt | tail -25; cp /tmp/mj/summary.md $O/main_summary.md; cp /tmp/mj/plots/accuracy.png $O/main_accuracy.png ;;
   esac
