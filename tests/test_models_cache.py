@@ -67,7 +67,10 @@ def test_grow_keeps_the_written_slots_and_adds_empty_ones():
       key_mask=jnp.asarray(rng.random((2, 5)) < 0.5), index=jnp.int32(4))
   grown = cache.grow(8)
   assert grown.length == 8 and int(grown.index) == 4
-  for old, new in zip(cache.k + cache.v, grown.k + grown.v):
+  # Keys are stored [B, K, H, S]: compared in the values' [B, K, S, H] layout.
+  as_slots = lambda c: tuple(np.swapaxes(np.asarray(x), 2, 3) for x in c.k) + c.v
+  assert grown.k[0].shape == (2, config.num_kv_heads, config.head_dim, 8)
+  for old, new in zip(as_slots(cache), as_slots(grown)):
     assert new.shape == (2, config.num_kv_heads, 8, config.head_dim)
     np.testing.assert_array_equal(np.asarray(new[:, :, :5]), np.asarray(old))
     np.testing.assert_array_equal(np.asarray(new[:, :, 5:]), 0.0)

@@ -21,14 +21,15 @@ def test_attend_cache_matches_numpy_full_and_chunked():
   k, v = (rng.normal(size=(b, kv, s, h)).astype(np.float32) for _ in range(2))
   mask = rng.random((b, t, s)) < 0.7
   mask[0, 2] = False  # a query with no valid key stays finite
-  # The reference takes k/v as [B, S, K, H]; the cache layout is [B, K, S, H].
+  # The reference takes k/v as [B, S, K, H]; the cache layouts are keys [B, K, H, S], values
+  # [B, K, S, H].
   want = numpy_attention(q.astype(np.float64), k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
 
   @jax.jit
   def both(q, k, v, mask):
     return attend_cache(q, k, v, mask), attend_cache(q, k, v, mask, query_chunk=2)
 
-  full, chunked = both(q, k, v, mask)
+  full, chunked = both(q, k.swapaxes(2, 3), v, mask)
   valid = mask.any(-1)[..., None, None]
   assert np.max(np.where(valid, np.abs(np.asarray(full) - want), 0.0)) <= 1e-5
   assert np.isfinite(np.asarray(full)).all()
@@ -36,17 +37,25 @@ def test_attend_cache_matches_numpy_full_and_chunked():
 
 
 def test_attend_cache_one_query_matches_numpy():
-  # T = 1 (decoding) takes its own path (scores as a fused product-and-sum, not a batched matmul).
+  # T = 1 (decoding) takes its own path (softmax normalised after the product with V).
   rng = np.random.default_rng(1)
-  b, s, n, kv, h = 3, 9, 6, 2, 8
+  b, s, n, kv, h = 4, 9, 6, 2, 8
   q = rng.normal(size=(b, 1, n, h)).astype(np.float32)
   k, v = (rng.normal(size=(b, kv, s, h)).astype(np.float32) for _ in range(2))
+  k[1] *= 100.0  # large scores: the softmax must subtract its maximum (exp would overflow)
   mask = rng.random((b, 1, s)) < 0.6
   mask[:, :, 0] = True
-  # The reference takes k/v as [B, S, K, H]; the cache layout is [B, K, S, H].
+  mask[3] = False  # a row with no valid key: the uniform average, finite
+  # The reference takes k/v as [B, S, K, H]; the cache layouts are keys [B, K, H, S], values
+  # [B, K, S, H].
   want = numpy_attention(q.astype(np.float64), k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
-  got = np.asarray(jax.jit(attend_cache)(q, k, v, mask))
-  assert np.abs(got - want).max() <= 1e-5
+  got = np.asarray(jax.jit(attend_cache)(q, k.swapaxes(2, 3), v, mask))
+  np.testing.assert_allclose(got[:3], want[:3], rtol=1e-5, atol=1e-5)
+  # Row 1's scores exceed 88, where float32 exp overflows: the test fails without the max shift.
+  scores = np.einsum("nh,ksh->nks", q[1, 0], k[1]) / np.sqrt(h)
+  assert scores[:, :, mask[1, 0]].max() > 88.0
+  uniform = v[3].mean(axis=1)                                  # [K, H]: every slot weighs 1 / S
+  np.testing.assert_allclose(got[3, 0], np.repeat(uniform, n // kv, axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_last_only_prefill_equals_full_prefill():
@@ -128,6 +137,23 @@ def test_sampler_loop_carries_per_layer_weights_not_the_stack():
   assert stacked in loops[False], loops[False]  # the check sees the stack when it is there
 
 
+def test_slot_rows_inverts_packed_indices():
+  from hpt_jax.models.packed_prefill import packed_indices, slot_rows
+  mask = np.random.default_rng(7).random((4, 6)) < 0.5
+  mask[:, -1] = True
+  real = int(mask.sum())
+  for r in (real, real + 3):
+    idx, valid = (np.asarray(a) for a in packed_indices(jnp.asarray(mask), r))
+    slots = np.asarray(slot_rows(jnp.asarray(mask), r))
+    want = np.full(mask.size, r)                  # a NumPy walk over the flat slots
+    row = 0
+    for j, m in enumerate(mask.reshape(-1)):
+      if m:
+        want[j], row = row, row + 1
+    np.testing.assert_array_equal(slots, want)
+    np.testing.assert_array_equal(slots[idx[valid]], np.arange(real))
+
+
 def test_packed_prefill_equals_padded_prefill():
   # Per-token work on the 9 real tokens of a [3, 6] left-padded batch (R = 9 exactly, and R = 14
   # with 5 filler rows) must give the plain prefill's last hidden state and the same cache.
@@ -155,7 +181,9 @@ def test_packed_prefill_equals_padded_prefill():
     np.testing.assert_allclose(np.asarray(got_hidden), np.asarray(hidden), atol=1e-5)
     assert int(got_cache.index) == int(cache.index) == 6
     np.testing.assert_array_equal(np.asarray(got_cache.key_mask), np.asarray(cache.key_mask))
-    for a, b in zip(got_cache.k + got_cache.v, cache.k + cache.v):
+    # Keys compared in the values' [B, K, S, H] layout.
+    as_slots = lambda c: tuple(np.swapaxes(np.asarray(x), 2, 3) for x in c.k) + c.v
+    for a, b in zip(as_slots(got_cache), as_slots(cache)):
       # Padded slots hold zeros in the packed cache and projections of pad tokens in the plain one;
       # both are masked, so only real slots must agree.
       real = np.asarray(mask)[:, None, :, None]

@@ -85,7 +85,10 @@ def test_cache_shardings_cover_every_field():
   # data has size 1 on this mesh, so only fsdp appears in the batch entry.
   assert placed.k[1].sharding.spec == P("fsdp", "tensor", None, None)
   assert placed.key_mask.sharding.spec == P("fsdp", None)
-  assert placed.k[1].addressable_shards[0].data.shape == (2, 1, 16, 32)
+  # Keys are stored [B, K, H, S], values [B, K, S, H]: each shard holds whole heads and slots.
+  assert placed.k[1].addressable_shards[0].data.shape == (2, 1, 32, 16)
+  assert placed.v[1].sharding.spec == P("fsdp", "tensor", None, None)
+  assert placed.v[1].addressable_shards[0].data.shape == (2, 1, 16, 32)
 
 
 # Slow only because XLA:CPU compiles the threefry normal draws of every parameter (~15 s here).

@@ -4,12 +4,16 @@ Slots are positions in the cache buffer, not RoPE positions: a left-padded promp
 [0, P) with its pad slots marked False in `key_mask`, while its RoPE positions start at 0 at the first
 real token. Causality is by slot (a query at slot s sees valid keys at slots <= s).
 
-Layout: one `[B, K, S, H]` buffer per layer (a tuple of L arrays, not one stacked [L, ...] array).
+Layout: per layer one key buffer `[B, K, H, S]` and one value buffer `[B, K, S, H]` (tuples of L
+arrays, not one stacked [L, ...] array).
   * Separate buffers: XLA:CPU copies any slice of a stacked array, so a stacked cache cost a copy of
     every layer's cache per decode step; separate buffers are read by attention as they are and
     updated in place by `dynamic_update_slice` inside the sampler's while loop.
-  * [B, K, S, H]: each KV head's slots are one contiguous [S, H] matrix, so decode attention is a
-    plain batched matmul over (B, K) with no transpose of the cache.
+  * Keys transposed, [B, K, H, S]: each KV head's keys are one contiguous [H, S] matrix, so the
+    scores q . K are a plain [G, H] x [H, S] batched matmul over (B, K) whose inner loop runs along
+    the slots (decode attention 0.91 -> 0.52 ms per layer at B=128, S=96 on one core, against an
+    elementwise product reduced over H with keys [S, H]).
+  * Values [B, K, S, H]: probs . V is a plain [G, S] x [S, H] batched matmul.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from hpt_jax.typing import Array
 
 @flax.struct.dataclass
 class KVCache:
-  k: tuple[Array, ...]  # L x [B, K, S, H] keys after RoPE
+  k: tuple[Array, ...]  # L x [B, K, H, S] keys after RoPE (transposed)
   v: tuple[Array, ...]  # L x [B, K, S, H]
   key_mask: Array       # [B, S] bool, True = slot holds a real token
   index: Array          # [] int32, next free slot
@@ -52,19 +56,20 @@ class KVCache:
     extra = length - self.length
     if extra < 0:
       raise ValueError(f"KVCache.grow: length {length} is shorter than the cache's {self.length} slots")
-    pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
-    return self.replace(k=tuple(map(pad, self.k)), v=tuple(map(pad, self.v)),
+    pad_axis = lambda axis: lambda x: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(4)])
+    return self.replace(k=tuple(map(pad_axis(3), self.k)), v=tuple(map(pad_axis(2), self.v)),
                         key_mask=jnp.pad(self.key_mask, ((0, 0), (0, extra))))
 
 
 def init_cache(config: ModelConfig, *, batch: int, length: int, dtype=None) -> KVCache:
   """An empty cache for `batch` rows of `length` slots (dtype defaults to the config's compute dtype)."""
   dtype = dtype or config.dtype
-  shape = (batch, config.num_kv_heads, length, config.head_dim)
+  k_shape = (batch, config.num_kv_heads, config.head_dim, length)
+  v_shape = (batch, config.num_kv_heads, length, config.head_dim)
   layers = config.num_layers
   return KVCache(
-      k=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
-      v=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
+      k=tuple(jnp.zeros(k_shape, dtype) for _ in range(layers)),
+      v=tuple(jnp.zeros(v_shape, dtype) for _ in range(layers)),
       key_mask=jnp.zeros((batch, length), bool),
       index=jnp.zeros((), jnp.int32),
   )

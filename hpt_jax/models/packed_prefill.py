@@ -41,8 +41,22 @@ def packed_indices(attention_mask: Array, packed_tokens: int) -> tuple[Array, Ar
   return idx.astype(jnp.int32), valid
 
 
+def slot_rows(attention_mask: Array, packed_tokens: int) -> Array:
+  """The inverse of `packed_indices`: each flat [B * P] slot's packed row, R for a padded slot.
+
+  Args:
+    attention_mask: [B, P] bool, True = real token.
+    packed_tokens: R.
+  Returns:
+    [B * P] int32: slot j holds packed row `slots[j]` (< R), or R (no row: padding).
+  """
+  flat = attention_mask.reshape(-1)
+  rows = jnp.cumsum(flat, dtype=jnp.int32) - 1
+  return jnp.where(flat & (rows < packed_tokens), rows, packed_tokens).astype(jnp.int32)
+
+
 def _packed_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array, idx: Array,
-                  valid: Array, cached: tuple[Array, Array, Array], *, config: ModelConfig,
+                  slots: Array, cached: tuple[Array, Array, Array], *, config: ModelConfig,
                   shape: tuple[int, int], last_rows: Array | None) -> tuple[Array, tuple[Array, Array]]:
   """`transformer._cached_layer` (prefill) with the per-token work on packed rows.
 
@@ -51,8 +65,8 @@ def _packed_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array,
     x: [R, D] packed residual stream.
     cos, sin: [R, H] rotation of the packed tokens.
     mask: [B, P, S] bool attention mask in the padded layout.
-    idx, valid: `packed_indices`.
-    cached: (k_layer, v_layer [B, K, S, H], index []).
+    idx: `packed_indices` (the packed rows' flat slots); slots: `slot_rows` (the inverse).
+    cached: (k_layer [B, K, H, S], v_layer [B, K, S, H], index []) (the `KVCache` layouts).
     shape: (B, P).
     last_rows: [B] packed rows of each row's last prompt slot: the layer then returns only those rows'
       output ([B, D]; a sampler's last layer); None returns all R.
@@ -67,9 +81,10 @@ def _packed_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array,
     out = y @ kernel
     return out if bias is None else out + bias
 
-  def unpack(y):  # [R, ...] -> [B, P, ...], padded slots 0 (filler entries dropped, not written)
-    y = jnp.where(valid.reshape((r,) + (1,) * (y.ndim - 1)), y, 0)
-    flat = jnp.zeros((b * p,) + y.shape[1:], y.dtype).at[idx].add(y, mode="drop")
+  def unpack(y):  # [R, ...] -> [B, P, ...], padded slots 0 (filler rows are never read)
+    # A gather per slot: one pass over the output (a scatter into zeros cost a masked copy of y, a
+    # zero fill, the scatter and a copy: ~4 passes).
+    flat = jnp.take(y, slots, axis=0, mode="fill", fill_value=0)
     return flat.reshape((b, p) + y.shape[1:])
 
   normed = rms_norm(x, w.input_norm, eps=config.rms_norm_eps)
@@ -78,9 +93,11 @@ def _packed_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array,
   k = rot(dense(normed, w.k, w.k_bias).reshape(r, kv, h))
   v = dense(normed, w.v, w.v_bias).reshape(r, kv, h)
   k_layer, v_layer, index = cached
-  write = lambda buf, new: jax.lax.dynamic_update_slice(
-      buf, unpack(new).swapaxes(1, 2).astype(buf.dtype), (0, 0, index, 0))   # new: [R, K, H]
-  k_layer, v_layer = write(k_layer, k), write(v_layer, v)
+  # new: [R, K, H] -> [B, P, K, H] -> keys [B, K, H, P] at slot axis 3, values [B, K, P, H] at axis 2.
+  k_layer = jax.lax.dynamic_update_slice(
+      k_layer, unpack(k).transpose(0, 2, 3, 1).astype(k_layer.dtype), (0, 0, 0, index))
+  v_layer = jax.lax.dynamic_update_slice(
+      v_layer, unpack(v).swapaxes(1, 2).astype(v_layer.dtype), (0, 0, index, 0))
   if last_rows is None:
     out = attend_cache(unpack(q), k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask,
                        query_chunk=config.attention_query_chunk)          # [B, P, N, H]
@@ -123,7 +140,8 @@ def packed_prefill(model: CausalLM, tokens: Array, *, positions: Array, attentio
   if not 0 < packed_tokens <= b * p:
     raise ValueError(f"packed_prefill: packed_tokens must be in [1, {b * p}], got {packed_tokens}")
   attention_mask = attention_mask.astype(bool)
-  idx, valid = packed_indices(attention_mask, packed_tokens)
+  idx, _ = packed_indices(attention_mask, packed_tokens)
+  slots = slot_rows(attention_mask, packed_tokens)
   x = jnp.take(model.embed_tokens.embedding[...], tokens.reshape(-1)[idx], axis=0).astype(config.dtype)
   inv_freq = rope.inverse_frequencies(head_dim=config.head_dim, theta=config.rope_theta,
                                       scaling=config.rope_scaling)
@@ -135,7 +153,7 @@ def packed_prefill(model: CausalLM, tokens: Array, *, positions: Array, attentio
   for i, weights in enumerate(cached_layers):
     last = last_rows if i == config.num_layers - 1 else None
     x, (k_layer, v_layer) = _packed_layer(
-        weights, x, cos[0], sin[0], mask, idx, valid, (cache.k[i], cache.v[i], cache.index),
+        weights, x, cos[0], sin[0], mask, idx, slots, (cache.k[i], cache.v[i], cache.index),
         config=config, shape=(b, p), last_rows=last)
     new_k.append(k_layer)
     new_v.append(v_layer)

@@ -120,12 +120,14 @@ def param_shardings(state: nnx.State, mesh: Mesh, *,
 
 
 def cache_shardings(cache: Any, mesh: Mesh, *, rules: Mapping[str, Any] = LOGICAL_RULES) -> Any:
-  """NamedShardings for a `KVCache` (same pytree structure: one [B, K, S, H] buffer per layer)."""
-  kv_axes = ("cache_batch", "kv_heads", "cache_length", "head_dim")
+  """NamedShardings for a `KVCache` (same pytree structure: per layer keys [B, K, H, S], values
+  [B, K, S, H])."""
+  k_axes = ("cache_batch", "kv_heads", "head_dim", "cache_length")
+  v_axes = ("cache_batch", "kv_heads", "cache_length", "head_dim")
   def spec(axes, x):
     return NamedSharding(mesh, logical_to_spec(axes, x.shape, mesh, rules=rules))
   return type(cache)(
-      k=tuple(spec(kv_axes, x) for x in cache.k), v=tuple(spec(kv_axes, x) for x in cache.v),
+      k=tuple(spec(k_axes, x) for x in cache.k), v=tuple(spec(v_axes, x) for x in cache.v),
       key_mask=spec(("cache_batch", "cache_length"), cache.key_mask),
       index=NamedSharding(mesh, PartitionSpec()))
 

@@ -218,8 +218,8 @@ def _cached_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array,
     x: [B, T, D] residual stream in the compute dtype.
     cos, sin: [B, T, H] rotation of the T new tokens.
     mask: [B, T, S] bool.
-    cached: (k_layer, v_layer: [B, K, S, H], index: int32 []); the new keys/values are written at
-      slots [index, index + T) before attending.
+    cached: (k_layer [B, K, H, S], v_layer [B, K, S, H], index: int32 []) (the `KVCache` layouts);
+      the new keys/values are written at slots [index, index + T) before attending.
     last_only: attention output and MLP for the last position only (all T keys/values are still
       written); the result is then [B, 1, D].
   Returns:
@@ -241,9 +241,11 @@ def _cached_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array,
   # XLA updates the loop-carried buffer in place (reading the old buffer next to a write of it
   # made XLA copy every layer's cache twice per step).
   k_layer, v_layer, index = cached
-  write = lambda buf, new: jax.lax.dynamic_update_slice(
-      buf, new.swapaxes(1, 2).astype(buf.dtype), (0, 0, index, 0))          # new: [B, T, K, H]
-  k_layer, v_layer = write(k_layer, k), write(v_layer, v)
+  # new: [B, T, K, H] -> keys [B, K, H, T] at slot axis 3, values [B, K, T, H] at slot axis 2.
+  k_layer = jax.lax.dynamic_update_slice(
+      k_layer, k.transpose(0, 2, 3, 1).astype(k_layer.dtype), (0, 0, 0, index))
+  v_layer = jax.lax.dynamic_update_slice(
+      v_layer, v.swapaxes(1, 2).astype(v_layer.dtype), (0, 0, index, 0))
   if last_only:
     x, q, mask, t = x[:, -1:], q[:, -1:], mask[:, -1:], 1
   out = attend_cache(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask,
