@@ -167,10 +167,18 @@ class BatchConfig:
       optimizer steps per 1,024 all-RL rows; SFT rows replace n rollouts by one, so fewer).
     rows_per_micro_batch: rows per gradient-accumulation micro-batch; divides by the mesh's
       batch size (data × fsdp) and divides rows_per_optimizer_step.
+    shared_prompts: train on the shared-prompt layout (`batching.SharedPrompts`): each distinct
+      prompt of a micro-batch is computed once and its rows' responses attend to it, instead of once
+      per row (n rollouts of a question share it). Same loss and gradients as plain
+      `prompt ++ response` rows, for every objective whose Σ/T width is set (the loop's baselines
+      set it; `width=None` would take the padded response width here, the row width there).
+      Phases of demonstrations only (`RowSource.DEMOS`, one row per question) keep the plain rows.
+      `--set batch.shared_prompts=false` turns it off.
   """
   prompts_per_step: int = 128
   rows_per_optimizer_step: int = 512
   rows_per_micro_batch: int = 64
+  shared_prompts: bool = True
 
 
 @_section

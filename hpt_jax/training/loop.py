@@ -7,7 +7,8 @@ One training step (PAPER.md §2.3):
      both) and returns the rows;
   3. Â is computed over all the step's rows (the phase's estimator), then the rows are cut into
      mini-batches of `batch.rows_per_optimizer_step` (the paper: 2 optimizer steps per 1,024 rows),
-     each packed into static [M, Bm, L] micro-batches and given to the jitted train step. The first
+     each packed into static [M, Bm, L] micro-batches (by default in the shared-prompt layout: each
+     distinct prompt of a micro-batch once; `pack_config`) and given to the jitted train step. The first
      mini-batch is exactly on-policy, so its π_old is stop_gradient(π_θ); later ones use the log-probs
      the sampler recorded with the step's starting parameters (no extra forward pass) while the
      sampling policy is the training policy, and a teacher-forced recompute with those parameters
@@ -44,11 +45,11 @@ from hpt_jax.sampling.lm import CausalLMDecoder
 from hpt_jax.training import distributed
 from hpt_jax.training import host_memory
 from hpt_jax.training import rollout_phase
-from hpt_jax.training.batching import MicroBatches, PackConfig, Rows, pack
+from hpt_jax.training import batching
+from hpt_jax.training.batching import MicroBatches, PackConfig, Rows, SharedPrompts, pack
 from hpt_jax.training.checkpoint import BestTracker, Checkpointer
-from hpt_jax.training.config import GroupFilter, RowSource, TrainConfig, validate
+from hpt_jax.training.config import GroupFilter, Phase, RowSource, TrainConfig, validate
 from hpt_jax.training import mesh as mesh_lib
-from hpt_jax.training.batching import FIELD_NDIMS
 from hpt_jax.training.data_source import TrainingData
 from hpt_jax.training.metrics import MetricsWriter
 from hpt_jax.training.old_logprobs import Recompute, should_recompute
@@ -101,6 +102,38 @@ def step_advantages(estimator: AdvantageEstimator, rows: Rows) -> np.ndarray:
                             rewards=np.asarray(rows.rewards, np.float32), group_ids=dense.astype(np.int32),
                             row_valid=np.ones(rows.num_rows, bool))
   return np.asarray(adv, np.float64)
+
+
+def pack_config(config: TrainConfig, phase: Phase, *, pad_id: int) -> PackConfig:
+  """The layout of `phase`'s mini-batches.
+
+  Plain `prompt ++ response` rows in a length bucket (p + r for the sampling buckets), or, with
+  `batch.shared_prompts`, the shared-prompt layout (`batching` module docstring: each distinct prompt
+  of a micro-batch once, in Gp prefix slots of a prompt bucket; the responses in a response bucket).
+  A phase of demonstrations only has one row per question, so nothing to share: it keeps plain rows.
+  """
+  sampling, batch = config.sampling, config.batch
+  lengths = sorted({p + r for p in sampling.prompt_buckets for r in sampling.response_buckets})
+  bm = batch.rows_per_micro_batch
+  shared = None
+  if batch.shared_prompts and phase.rows is not RowSource.DEMOS:
+    # Gp is a static shape: each distinct value compiles the train step (and the π_old recompute)
+    # once more. Slots come in units of ceil(Bm / n), the prompts of a micro-batch of whole rollout
+    # groups, so a pure RL phase (whole groups, Bm a multiple of n) has exactly one Gp and pads no
+    # prefix slot. Micro-batches that mix RL groups with one-row demonstrations hold anything from
+    # Bm / n to Bm prompts, varying step to step: there the unit is at least Bm / 4, so at most 4
+    # values of Gp (4 compiles) per bucket pair, for a few padded prefix slots. Prefix rows are
+    # sharded like batch rows, so the unit is rounded up to a multiple of the mesh's batch shards.
+    unit = -(-bm // sampling.rollouts_per_prompt)
+    if phase.rows is not RowSource.ROLLOUTS:
+      unit = max(unit, -(-bm // 4))
+    shards = config.mesh.batch_shards
+    shared = SharedPrompts(prompt_buckets=tuple(sampling.prompt_buckets),
+                           response_buckets=tuple(sampling.response_buckets),
+                           prefix_slot_multiple=-(-unit // shards) * shards)
+  return PackConfig(length_buckets=tuple(lengths), rows_per_micro_batch=bm,
+                    micro_batch_multiple=batch.rows_per_optimizer_step // bm, pad_id=pad_id,
+                    shared_prompts=shared)
 
 
 def _scalar(x: Any) -> float:
@@ -163,11 +196,8 @@ class _Run:
         tokenizer=self.data.tokenizer)
     self.strategy = sampling.make_strategy(temperature=config.sampling.temperature,
                                            top_k=config.sampling.top_k, top_p=config.sampling.top_p)
-    lengths = sorted({p + r for p in config.sampling.prompt_buckets for r in config.sampling.response_buckets})
-    rows_per_step = config.batch.rows_per_optimizer_step
-    self.pack_config = PackConfig(
-        length_buckets=tuple(lengths), rows_per_micro_batch=config.batch.rows_per_micro_batch,
-        micro_batch_multiple=rows_per_step // config.batch.rows_per_micro_batch, pad_id=self.data.pad_id)
+    # Per phase: the mini-batches' layout (shared prompts, or plain rows; see `pack_config`).
+    self.pack_configs = [pack_config(config, p, pad_id=self.data.pad_id) for p in config.phases]
     # One compiled step per phase; the loop hands it advantages computed over the whole step.
     self.steps = [_train_step(self.model_config,
                               dataclasses.replace(p.loss, advantage=AdvantageEstimator.GIVEN),
@@ -181,9 +211,12 @@ class _Run:
         for p in config.phases]
     self.checkpointer = Checkpointer(workdir / "checkpoints", config=config.checkpoint)
     self.writer = MetricsWriter(workdir, config=config.logging, is_writer=distributed.is_main_process())
-    self.batch_shardings = jax.tree.map(lambda n: mesh_lib.batch_sharding(self.mesh, n), FIELD_NDIMS)
     self.validator = Validator(config=config.validation, data=self.data, sampler=self.sampler,
                                max_new_tokens=config.data.max_response_length, seed=config.seed)
+
+  def batch_shardings(self, batch: MicroBatches) -> MicroBatches:
+    """Shardings of `batch`'s fields (its layout's: the shared-prompt one has prefix fields)."""
+    return jax.tree.map(lambda n: mesh_lib.batch_sharding(self.mesh, n), batching.field_ndims(batch))
 
   def sampler_params(self, state: TrainState) -> nnx.State:
     # The sampler reads the trainer's own (sharded) arrays: no copy, no gather.
@@ -255,10 +288,12 @@ class _Run:
     batches, tokens, recomputed = [], 0, 0
     for k, lo in enumerate(range(0, rows.num_rows, size)):
       hi = min(lo + size, rows.num_rows)
-      host_batch = pack(take_rows(rows, lo, hi, keep_old_logp=k > 0), config=self.pack_config,
+      host_batch = pack(take_rows(rows, lo, hi, keep_old_logp=k > 0), config=self.pack_configs[phase_index],
                         advantages=advantages[lo:hi])
-      tokens += int(host_batch.attention_mask.sum())
-      batch = distributed.global_tree(host_batch, self.batch_shardings)
+      # Prompt + response tokens of the real rows: in the shared layout the per-row mask covers the
+      # responses only, each prompt being stored once per micro-batch.
+      tokens += int(batching.real_tokens(host_batch))
+      batch = distributed.global_tree(host_batch, self.batch_shardings(host_batch))
       if k > 0 and recompute is not None and rows.old_logp is not None:
         batch = recompute(state.params, batch)
         recomputed += 1

@@ -8,8 +8,9 @@ as the sampling-time policy is the training-time one and both compute in float32
 (the loss takes π_θ at a temperature other than the rollout temperature, the sampler computes in
 another dtype), or when the forward passes run in bf16 (cache decoding and teacher forcing then
 differ by several percent in probability, measured on an H200), π_old is recomputed: one jitted, sharded, teacher-forced forward pass with the step's starting parameters
-over the packed micro-batches, log-probs in chunks of positions exactly as the train step takes
-them (the [B, L, V] logits never exist).
+over the packed micro-batches, from the same hidden states as the train step (`train_step.policy_hidden`:
+plain rows, or each distinct prompt once in the shared-prompt layout), log-probs in chunks of positions
+exactly as the train step takes them (the [B, L, V] logits never exist).
 
 Demonstration rows keep what the router gave them (log π_old = 0, the offline reference π_old ≡ 1).
 Letters: M micro-batches, Bm rows each, L positions.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,8 @@ from hpt_jax import upge
 from hpt_jax.models import ModelConfig
 from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training import state as state_lib
-from hpt_jax.training.batching import FIELD_NDIMS, MicroBatches
+from hpt_jax.training.batching import MicroBatches, field_ndims
+from hpt_jax.training.train_step import policy_hidden
 from hpt_jax.typing import Array
 
 
@@ -94,18 +97,17 @@ def should_recompute(choice: OldLogProbs, policies: PolicyPair) -> bool:
   return choice is OldLogProbs.RECOMPUTE or (choice is OldLogProbs.AUTO and bool(reasons or policies.inexact()))
 
 
-def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, params: dict, tokens: Array,
-                            positions: Array, attention_mask: Array, targets: Array, *, temperature: float,
-                            logprob_chunk: int | None) -> Array:
+def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, params: dict, mb: MicroBatches,
+                            *, temperature: float, logprob_chunk: int | None) -> Array:
   """log π(targets) of one micro-batch, as the train step computes it (no gradient needed).
 
   Args:
     model_config: the policy's config (its dtype is the compute dtype).
     graphdef: `state.model_graphdef(model_config)`.
     params: fp32 master parameters (pure dict); cast to the compute dtype here, like the step does.
-    tokens, positions: [Bm, L] int32.
-    attention_mask: [Bm, L] bool.
-    targets: [Bm, L] int32, the token at t + 1.
+    mb: one micro-batch of either layout (fields without the leading M): `tokens`, `positions`,
+      `attention_mask`, `targets` [Bm, L] (the shared layout: [Bm, R] responses, plus
+      `prefix_tokens` / `prefix_mask` [Gp, P] and `prefix_index` [Bm]).
     temperature: logits are divided by it.
     logprob_chunk: positions per chunk of the log-softmax from hidden states (None: full logits).
 
@@ -116,11 +118,11 @@ def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, p
   if dtype != jnp.float32:
     params = jax.tree.map(lambda p: p.astype(dtype), params)
   model = nnx.merge(graphdef, nnx.State(params))
-  hidden, _ = model(tokens, positions=positions, attention_mask=attention_mask)
+  hidden = policy_hidden(model, mb)
   if logprob_chunk is None:
-    logp, _ = upge.token_logprobs(model.logits(hidden), targets, temperature=temperature)
+    logp, _ = upge.token_logprobs(model.logits(hidden), mb.targets, temperature=temperature)
   else:
-    logp, _ = upge.chunked_token_logprobs(hidden, model.unembedding(), targets, chunk_size=logprob_chunk,
+    logp, _ = upge.chunked_token_logprobs(hidden, model.unembedding(), mb.targets, chunk_size=logprob_chunk,
                                           temperature=temperature)
   return logp.astype(jnp.float32)
 
@@ -128,8 +130,9 @@ def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, p
 class Recompute:
   """`recompute(params, batch) -> batch` with π_old of every rollout token from a teacher-forced pass.
 
-  Compiled once per batch shape (per length bucket and micro-batch count); the micro-batches run one
-  after the other (`lax.map`), so the peak is one micro-batch's activations, as in the train step.
+  Compiled once per batch layout (plain rows / shared prompts) and shape (per length bucket,
+  micro-batch count and prefix slots); the micro-batches run one after the other (`lax.map`), so the
+  peak is one micro-batch's activations, as in the train step.
 
   Args:
     model_config: the policy's config.
@@ -147,30 +150,38 @@ class Recompute:
     self.logprob_chunk = logprob_chunk
     self.mesh = mesh
     self.graphdef = state_lib.model_graphdef(model_config)
-    if mesh is None:
-      self._fn = jax.jit(self._recompute)
-    else:
+    # Jitted per batch layout (plain / shared-prompt): the layouts are different pytrees.
+    self._jitted: dict[bool, Any] = {}
+    if mesh is not None:
       abstract_state, _ = state_lib.abstract_params(model_config)
-      p_shard = mesh_lib.param_shardings(abstract_state, mesh)
-      b_shard = jax.tree.map(lambda n: mesh_lib.batch_sharding(mesh, n), FIELD_NDIMS)
-      self._fn = jax.jit(self._recompute, in_shardings=(p_shard, b_shard), out_shardings=b_shard)
+      self._p_shard = mesh_lib.param_shardings(abstract_state, mesh)
+
+  def _function(self, batch: MicroBatches) -> Any:
+    shared = batch.prefix_tokens is not None
+    if shared not in self._jitted:
+      if self.mesh is None:
+        self._jitted[shared] = jax.jit(self._recompute)
+      else:
+        b_shard = jax.tree.map(lambda n: mesh_lib.batch_sharding(self.mesh, n), field_ndims(batch))
+        self._jitted[shared] = jax.jit(self._recompute, in_shardings=(self._p_shard, b_shard),
+                                       out_shardings=b_shard)
+    return self._jitted[shared]
 
   def __call__(self, params: dict, batch: MicroBatches) -> MicroBatches:
     """`batch` (placed as the train step takes it) with `old_logp` recomputed on rollout rows and
     `has_old_logp` set."""
     if self.mesh is None:
-      return self._fn(params, batch)
+      return self._function(batch)(params, batch)
     with jax.set_mesh(self.mesh):
-      return self._fn(params, batch)
+      return self._function(batch)(params, batch)
 
   def _recompute(self, params: dict, batch: MicroBatches) -> MicroBatches:
     def one(mb):
-      tokens, positions, attention_mask, targets = mb
-      return teacher_forced_logprobs(self.model_config, self.graphdef, params, tokens, positions,
-                                     attention_mask, targets, temperature=self.temperature,
+      return teacher_forced_logprobs(self.model_config, self.graphdef, params, mb, temperature=self.temperature,
                                      logprob_chunk=self.logprob_chunk)
 
-    logp = jax.lax.map(one, (batch.tokens, batch.positions, batch.attention_mask, batch.targets))
+    # Every [M, ...] field, one micro-batch at a time (the scalars have no micro-batch axis).
+    logp = jax.lax.map(one, batch._replace(has_old_logp=None, num_questions=None))
     rollout = batch.response_mask & ~batch.is_demo[..., None]
     old_logp = jnp.where(rollout, jax.lax.stop_gradient(logp), batch.old_logp)
     return batch._replace(old_logp=old_logp, has_old_logp=jnp.ones_like(batch.has_old_logp))
