@@ -11,7 +11,11 @@ old log-probs: π_old = stop_gradient(π_θ)).
 
 Our iteration is `hpt_jax.training.loop._Run.one_step`, the very function `loop.train` calls per step:
 data → sampler (jitted prefill + while-loop decode) → reward pool → gate / routing → Â → pack → jitted
-train step. Two rows are measured:
+train step. The update runs the loop's default shared-prompt layout (`batch.shared_prompts`): each
+distinct prompt of a micro-batch is computed once and its rows' responses attend to it (trl computes
+the prompt in every row: 8 times per question here), with the same loss and gradient as plain
+`prompt ++ response` rows (tests/test_train_loop_shared_prompts.py); `--plain-rows` measures the plain
+rows instead. Two rows are measured:
   * `grpo`: RowSource.ROLLOUTS + the GRPO loss: exactly trl's workload (128 RL rows per update).
   * `hpt`: HPT's gate + the official HPT loss. At random init no question is solved, so the gate sends
     every question to its demonstration (16 SFT rows): a lighter update, reported for completeness.
@@ -22,8 +26,10 @@ policy (`old_logprobs=auto`); the bench prints the passes the loop actually ran 
 Peak memory is each side's own process (`ru_maxrss`, the interpreter, imports, compiled programs,
 arrays); both sides score with the same `RewardPool` of 2 worker processes, which neither figure
 includes. The floor analysis at the end: our iteration's matmul FLOPs (sampling: prefill once per
-prompt, decode and LM head per row; update: forward + backward = 3 forwards over the padded rows), the
-best float32 matmul rate measured in the same run, and the best ratio to trl that 100 % of it allows.
+prompt, decode and LM head per row; update: forward + backward = 3 forwards over the slots the train
+step really ran, read from the packed batches: Gp·P prefix + Bm·R response slots per micro-batch in the
+shared layout, Bm·L row slots in the plain one), the best float32 matmul rate measured in the same run,
+and the best ratio to trl that 100 % of it allows.
 
 Each measurement runs in its own subprocess, so its peak RSS (`ru_maxrss`) is its own. The first
 iteration (compilation on our side, lazy initialisation on trl's) is reported apart; the warm figure is
@@ -41,6 +47,7 @@ one-off compilation of the train step, which such a run skips.
   python experiments/bench_iteration.py --no-scaling --warm-cache --iters 3   # ours vs trl (+ hpt row)
   python experiments/bench_iteration.py --only-scaling --iters 2 --scaling-iters 2
   python experiments/bench_iteration.py --smoke          # a minuscule version for CI
+  python experiments/bench_iteration.py --no-hpt --no-scaling --iters 4 --plain-rows   # plain-row update
 
 Speed is compared INTERLEAVED: one process runs our iteration and trl's in turn (ours, trl, ours, ...),
 so both see the same machine load (a shared box's load swings more than the ratio being measured);
@@ -78,6 +85,7 @@ class Workload:
   logprob_chunk: int = 0  # ours: positions per log-prob chunk in the train step; 0 = full logits
   remat: str = "save_dots"  # ours: the train step's RematPolicy (the main job's; "none" keeps everything)
   torch_threads: int = 0  # trl: torch intra-op threads; 0 = torch's default (one per core)
+  shared_prompts: bool = True  # ours: the loop's shared-prompt layout (False: plain prompt ++ response rows)
 
   @property
   def rows(self) -> int:
@@ -176,7 +184,7 @@ def our_config(w: Workload, paths: dict[str, str]):
                                 response_buckets=(w.new_tokens,)),
       gate=c.GateConfig(gamma_count=0),
       batch=c.BatchConfig(prompts_per_step=w.prompts, rows_per_optimizer_step=w.rows,
-                          rows_per_micro_batch=min(w.micro_rows, w.rows)),
+                          rows_per_micro_batch=min(w.micro_rows, w.rows), shared_prompts=w.shared_prompts),
       optim=c.OptimConfig(learning_rate=1e-6, weight_decay=0.0, skip_above_norm=None),
       phases=(c.Phase(loss=loss, rows=rows, steps=w.iters),),
       validation=c.ValidationConfig(every_steps=0, num_problems=_HELD_OUT),
@@ -204,6 +212,17 @@ class OursSession:
     self.counter = CompileCounter()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench_ours_"))
     self.run = loop._Run(our_config(w, paths), workdir, None)  # the loop's own objects, built once
+    # The shapes of the batches each update ran (for the floor's FLOP count): read on the way out of
+    # the loop's own `update_batches`, which is otherwise untouched.
+    self.update_shapes: list[list[dict]] = []
+    update_batches = self.run.update_batches
+
+    def recorded(*args, **kwargs):
+      out = update_batches(*args, **kwargs)
+      self.update_shapes.append([batch_shape(b) for b in out[0]])
+      return out
+
+    self.run.update_batches = recorded
     self.stages = {"built": _peak_rss_mib()}
     self.state = self.run.initial_state()
     jax.block_until_ready(self.state.params)
@@ -260,12 +279,44 @@ class OursSession:
         "old_logprob_recompute_configured": any(r is not None for r in self.run.recompute),
         "decode_phases": getattr(self.run.sampler.model, "decode_phases", 1),
         "generated_tokens": med("generated_tokens"), "train_rows": med("rows"),
+        "update_shapes": self.update_shapes[-1], "shared_prompts": self.w.shared_prompts,
         "compiles_first": len(names) - len(self.compiles_after_first),
         "compiles_after_first": len(self.compiles_after_first),
         "recompiled": sorted(set(self.compiles_after_first)),
         "compiled_in_first": sorted(set(names) - set(self.compiles_after_first)),
         "peak_rss_mib": _peak_rss_mib(), "peak_rss_by_stage": self.stages,
     }
+
+
+def batch_shape(batch) -> dict:
+  """The static shape of a packed batch: m micro-batches of bm rows; plain rows of `seq` slots, or the
+  shared-prompt layout's gp prefix slots of p and bm response rows of r."""
+  m, bm = batch.row_valid.shape
+  if batch.prefix_tokens is None:
+    return {"m": m, "bm": bm, "seq": batch.tokens.shape[2]}
+  _, gp, p = batch.prefix_tokens.shape
+  return {"m": m, "bm": bm, "gp": gp, "p": p, "r": batch.tokens.shape[2]}
+
+
+def update_flops(config, shape: dict) -> float:
+  """Matmul FLOPs of one update (forward + backward = 3 forwards) over the slots it really runs.
+
+  Plain rows: `bench_train_step.step_flops` over m·bm rows of `seq` slots (every slot through every
+  layer and the LM head; attention over `seq` keys per query). Shared prompts: every layer over the
+  m·gp·p prefix slots and the m·bm·r response slots, the LM head over the response slots only (the
+  prefix's last slot's state is reused for the first response token); a prefix query attends to p
+  keys, a response query to p + r.
+  """
+  from bench_train_step import step_flops
+
+  if "seq" in shape:
+    return step_flops(config, rows=shape["m"] * shape["bm"], seq=shape["seq"])
+  d, f, l, v = config.hidden_size, config.intermediate_size, config.num_layers, config.vocab_size
+  nh, kh, h = config.num_heads, config.num_kv_heads, config.head_dim
+  layer_params = l * (d * nh * h * 2 + d * kh * h * 2 + 3 * d * f)
+  prefix, response = shape["m"] * shape["gp"] * shape["p"], shape["m"] * shape["bm"] * shape["r"]
+  attention = 4 * l * nh * h * (prefix * shape["p"] + response * (shape["p"] + shape["r"]))
+  return 3.0 * (2 * layer_params * (prefix + response) + 2 * d * v * response + attention)
 
 
 def run_ours(w: Workload, paths: dict[str, str]) -> dict:
@@ -462,7 +513,6 @@ def floor_analysis(result: dict, hf_dir: str) -> dict:
   """Our iteration's matmul FLOPs and the time they take at the best f32 matmul rate measured now."""
   import jax
   from bench_sampler import matmul_rate, sampler_flops
-  from bench_train_step import step_flops
   from hpt_jax.models import ModelConfig
 
   w = result["workload"]
@@ -474,14 +524,17 @@ def floor_analysis(result: dict, hf_dir: str) -> dict:
   # last row stops (an upper bound: new_tokens steps). Attention is counted per row.
   per_row = flops(rows)
   sampling = flops(w["prompts"]).prefill + per_row.decode + per_row.lm_head + per_row.attention
-  update = step_flops(config, rows=rows, seq=w["prompt_len"] + w["new_tokens"])  # padded rows, fwd + bwd
+  update = sum(update_flops(config, shape) for shape in result["update_shapes"])  # the last iteration's
   d, f = config.hidden_size, config.intermediate_size
   rates = {f"[{rows},{d}]x[{d},{2 * f}]": matmul_rate(rows, d, 2 * f),
            f"[{rows * (w['prompt_len'] + w['new_tokens']) // 4},{d}]x[{d},{2 * f}]":
                matmul_rate(rows * (w["prompt_len"] + w["new_tokens"]) // 4, d, 2 * f, repeats=5),
            "2048^2": matmul_rate(2048, 2048, 2048, repeats=3)}
   peak = max(rates.values())
+  plain = update_flops(config, {"m": -(-rows // w["micro_rows"]), "bm": min(w["micro_rows"], rows),
+                                "seq": w["prompt_len"] + w["new_tokens"]})
   return {"sampling_gflop": sampling / 1e9, "update_gflop": update / 1e9, "total_gflop": (sampling + update) / 1e9,
+          "plain_rows_update_gflop": plain / 1e9, "update_shapes": result["update_shapes"],
           "rates_gflops": {k: r / 1e9 for k, r in rates.items()}, "peak_gflops": peak / 1e9,
           "floor_seconds": (sampling + update) / peak, "device": jax.devices()[0].device_kind}
 
@@ -505,6 +558,8 @@ def report(results: dict) -> None:
         f"{ours.get('torch_imported')}; log-prob chunk: {w.get('logprob_chunk') or 'none (full logits)'}")
   print(f"  compilations: {ours['compiles_first']} in the first iteration, {ours['compiles_after_first']} "
         f"after it {ours['recompiled'] or ''}")
+  print(f"  update layout: {'shared prompts' if ours.get('shared_prompts') else 'plain rows'}, batch shapes "
+        f"{ours.get('update_shapes')}")
   print(f"  old-log-prob forward passes run: {ours['old_logprob_passes']} (loop configured to recompute: "
         f"{ours['old_logprob_recompute_configured']}); train-step remat: {w.get('remat')}")
   if hpt is not None:
@@ -543,7 +598,8 @@ def report(results: dict) -> None:
   floor = results.get("floor")
   if floor is not None:
     print(f"floor: our matmul FLOPs per iteration {floor['total_gflop']:.1f} G (sampling "
-          f"{floor['sampling_gflop']:.1f}, update {floor['update_gflop']:.1f}); f32 matmul rate now "
+          f"{floor['sampling_gflop']:.1f}, update {floor['update_gflop']:.1f} over {floor['update_shapes']}; "
+          f"plain rows would be {floor['plain_rows_update_gflop']:.1f}); f32 matmul rate now "
           + ", ".join(f"{k} {r:.1f}" for k, r in floor["rates_gflops"].items()) + " GFLOP/s")
     at = ours["warm_seconds"]
     print(f"floor: ours runs at {floor['total_gflop'] / at:.1f} GFLOP/s wall ({floor['total_gflop'] / at / floor['peak_gflops']:.0%} "
@@ -586,6 +642,9 @@ def main():
   parser.add_argument("--remat", default="save_dots", choices=("none", "save_dots", "full"),
                       help="ours: the train step's remat policy (save_dots: the main job's default)")
   parser.add_argument("--torch-threads", type=int, default=0, help="trl: torch threads (0 = torch's default)")
+  parser.add_argument("--plain-rows", action="store_true",
+                      help="ours: plain prompt ++ response rows in the update (default: each distinct prompt "
+                      "once per micro-batch, the loop's batch.shared_prompts)")
   parser.add_argument("--no-separate-trl", action="store_true",
                       help="trl only interleaved with ours (no run of its own, so no trl peak RSS)")
   parser.add_argument("--json", type=pathlib.Path, help="also write all results here")
@@ -600,7 +659,8 @@ def main():
     # Every part runs (ours, trl, a second scaling point) on a minuscule model and workload; the
     # time goes to interpreter starts, imports and compilation, not to the workload.
     base = Workload(prompts=2, rollouts=2, prompt_len=32, new_tokens=4, micro_rows=2, iters=2,
-                    cpu_devices=args.cpu_devices, logprob_chunk=args.logprob_chunk)
+                    cpu_devices=args.cpu_devices, logprob_chunk=args.logprob_chunk,
+                    shared_prompts=not args.plain_rows)
     size, timeout = SMOKE_MODEL, 600
     token_sweep, rollout_sweep = (4,), ()  # the base point only: another would compile everything again
     args.no_hpt = True  # the gate path is covered by the loop's tests; keep CI short
@@ -609,7 +669,7 @@ def main():
                                " --xla_llvm_disable_expensive_passes=true").strip()
   else:
     base = Workload(iters=args.iters, cpu_devices=args.cpu_devices, logprob_chunk=args.logprob_chunk,
-                    torch_threads=args.torch_threads, remat=args.remat)
+                    torch_threads=args.torch_threads, remat=args.remat, shared_prompts=not args.plain_rows)
     size, timeout = ModelSize(), 1800
     token_sweep, rollout_sweep = (64, 128, 256, 512), (4, 8, 16)
   root = pathlib.Path(tempfile.mkdtemp(prefix="bench_iteration_"))

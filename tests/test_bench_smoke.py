@@ -49,10 +49,18 @@ def test_iteration_benchmark_smoke(tmp_path):
   # fp32, same temperature, one mini-batch per step: no old-log-prob forward pass is configured or run.
   assert ours["old_logprob_passes"] == 0 and ours["old_logprob_recompute_configured"] is False
   floor = results["floor"]
-  # Update: 3 forwards over 4 padded rows of 32 + 4 positions; the smoke model (D 64, F 128, 1 layer, 2 heads
-  # and 1 KV head of 32, V 512) has 2*32*64*2 + 32*64*2 + 3*64*128 + 64*512 = 69,632 matmul weights per
-  # token, and attention 4 * 36 * 64 FLOPs: 3 * (2 * 69,632 + 9,216) * 4 * 36 = 64,143,360 FLOPs.
-  assert floor["update_gflop"] == pytest.approx(64_143_360 / 1e9)
+  # The smoke model (D 64, F 128, 1 layer, 2 heads and 1 KV head of 32, V 512) has 2*32*64*2 + 32*64*2 +
+  # 3*64*128 = 36,864 layer matmul weights per slot and an LM head of 64*512 = 32,768; attention costs
+  # 4 * 64 FLOPs per (query, key). Plain rows: 3 forwards over 4 padded rows of 32 + 4 positions,
+  # 3 * (2 * 69,632 + 4 * 36 * 64) * 4 * 36 = 64,143,360 FLOPs.
+  assert floor["plain_rows_update_gflop"] == pytest.approx(64_143_360 / 1e9)
+  # Ours, shared prompts (the loop's default): 2 micro-batches, each one prompt (32 prefix slots) and
+  # its 2 rollouts' 4 response slots; the LM head over the response slots only; a prefix query attends
+  # 32 keys, a response query 36: 3 * 2 * (2 * 36,864 * (32 + 8) + 2 * 32,768 * 8
+  # + 256 * (32 * 32 + 8 * 36)) = 22,855,680 FLOPs.
+  assert ours["shared_prompts"] is True
+  assert ours["update_shapes"] == [{"m": 2, "bm": 2, "gp": 1, "p": 32, "r": 4}]
+  assert floor["update_gflop"] == pytest.approx(22_855_680 / 1e9)
   assert floor["total_gflop"] == pytest.approx(floor["sampling_gflop"] + floor["update_gflop"])
   assert floor["floor_seconds"] == pytest.approx(floor["total_gflop"] / floor["peak_gflops"])
   assert "floor: vs trl interleaved" in proc.stdout
