@@ -15,8 +15,9 @@ Sizes: a level-3 demonstration is <= 36 tokens and every prompt <= 29, so rows a
 32 questions x 4 rollouts per HPT step; 16-row optimizer steps, lr 1e-3 with a warm-up + cosine decay
 over the run's ~720 updates. Measured (2-core CPU, quiet machine, 2026-11-26, session 3's code): held-out
 accuracy 0 % → 20 % (step 120) → 73 % (step 240, end of warm-up) → 96.9 % (step 360, after HPT; level 3
-90.6 %), 6 min 37 s wall for the whole command (session 2's code: 94.3 %, 7 min 37 s; session 1's: 99.5 %,
-9 min 27 s; under another job's load 9 min 21 s). With a constant lr 1e-3 the same run reached 27.6 % at step 240 and the
+90.6 %), 6 min 37 s wall for the whole command (session 4's code, HPT phase on the shared-prompt layout:
+95.3 %, 6 min 48 s; session 2's: 94.3 %, 7 min 37 s; session 1's: 99.5 %, 9 min 27 s; under another job's
+load 9 min 21 s, and 10 min 45 s for session 4's code at load 3-4). With a constant lr 1e-3 the same run reached 27.6 % at step 240 and the
 unclipped RL branch then pulled it down to 10.4 % — the schedule was chosen after seeing that (tuned
 toward a learning default run, and said so here).
 """
