@@ -301,22 +301,15 @@ def batch_shape(batch) -> dict:
 def update_flops(config, shape: dict) -> float:
   """Matmul FLOPs of one update (forward + backward = 3 forwards) over the slots it really runs.
 
-  Plain rows: `bench_train_step.step_flops` over m·bm rows of `seq` slots (every slot through every
-  layer and the LM head; attention over `seq` keys per query). Shared prompts: every layer over the
-  m·gp·p prefix slots and the m·bm·r response slots, the LM head over the response slots only (the
-  prefix's last slot's state is reused for the first response token); a prefix query attends to p
-  keys, a response query to p + r.
+  Plain rows: m·bm rows of `seq` slots; shared prompts: m·gp·p prefix slots and m·bm·r response
+  slots (`bench_train_step.shape_flops`; the prefix's last slot's state is reused for the first
+  response token, so the LM head runs on the response slots only).
   """
-  from bench_train_step import step_flops
+  from bench_train_step import shape_flops
 
   if "seq" in shape:
-    return step_flops(config, rows=shape["m"] * shape["bm"], seq=shape["seq"])
-  d, f, l, v = config.hidden_size, config.intermediate_size, config.num_layers, config.vocab_size
-  nh, kh, h = config.num_heads, config.num_kv_heads, config.head_dim
-  layer_params = l * (d * nh * h * 2 + d * kh * h * 2 + 3 * d * f)
-  prefix, response = shape["m"] * shape["gp"] * shape["p"], shape["m"] * shape["bm"] * shape["r"]
-  attention = 4 * l * nh * h * (prefix * shape["p"] + response * (shape["p"] + shape["r"]))
-  return 3.0 * (2 * layer_params * (prefix + response) + 2 * d * v * response + attention)
+    return shape_flops(config, m=shape["m"], bm=shape["bm"], r=shape["seq"])
+  return shape_flops(config, m=shape["m"], bm=shape["bm"], r=shape["r"], gp=shape["gp"], p=shape["p"])
 
 
 def run_ours(w: Workload, paths: dict[str, str]) -> dict:

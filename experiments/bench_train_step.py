@@ -107,25 +107,28 @@ def _matmul_params(config: ModelConfig) -> tuple[int, int]:
 
 def step_flops(config: ModelConfig, *, rows: int, seq: int) -> float:
   """Model FLOPs of one step over `rows` plain rows of `seq` tokens: 3 x the forward's matmuls."""
-  layer, unembed = _matmul_params(config)
-  attention = 4 * config.num_layers * seq * config.num_heads * config.head_dim
-  return 3.0 * (2 * (config.num_layers * layer + unembed) + attention) * rows * seq
+  return shape_flops(config, m=1, bm=rows, r=seq)
 
 
 def computed_flops(config: ModelConfig, batch: batching.MicroBatches) -> float:
-  """Matmul FLOPs our step really runs on `batch`'s padded shapes (3 x forward), in either layout.
+  """Matmul FLOPs our step really runs on `batch`'s padded shapes (3 x forward), in either layout."""
+  m, bm, r = batch.tokens.shape
+  gp, p = (0, 0) if batch.prefix_tokens is None else batch.prefix_tokens.shape[1:]
+  return shape_flops(config, m=m, bm=bm, r=r, gp=gp, p=p)
 
-  Plain: every slot of [M, Bm, L] through the layers, attention over L keys, unembedding everywhere.
-  Shared prompts: the Gp x P prefix slots and Bm x R suffix slots through the layers; prefix queries
-  attend P keys, suffix queries P + R; the unembedding on the suffix slots only.
+
+def shape_flops(config: ModelConfig, *, m: int, bm: int, r: int, gp: int = 0, p: int = 0) -> float:
+  """Matmul FLOPs (3 x forward) of a step over M micro-batches of Bm rows of R slots.
+
+  Plain (gp = 0): every slot of [M, Bm, R] through the layers, attention over R keys, unembedding
+  everywhere. Shared prompts: the Gp x P prefix slots and Bm x R suffix slots through the layers;
+  prefix queries attend P keys, suffix queries P + R; the unembedding on the suffix slots only.
   """
   layer, unembed = _matmul_params(config)
   per_key = 4 * config.num_layers * config.num_heads * config.head_dim  # scores + values, per query-key pair
-  m, bm, r = batch.tokens.shape
-  if batch.prefix_tokens is None:
+  if gp == 0:
     slots = m * bm * r
     return 3.0 * slots * (2 * (config.num_layers * layer + unembed) + per_key * r)
-  gp, p = batch.prefix_tokens.shape[1:]
   prefix, suffix = m * gp * p, m * bm * r
   fwd = (prefix + suffix) * 2 * config.num_layers * layer + suffix * 2 * unembed
   fwd += per_key * (prefix * p + suffix * (p + r))

@@ -97,6 +97,10 @@ class Rows:
     return np.array([len(p) + len(r) for p, r in zip(self.prompts, self.responses)], np.int64)
 
 
+def _check_buckets(name: str, buckets: Sequence[int], minimum: int) -> None:
+  if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < minimum:
+    raise ValueError(f"{name} must be non-empty, strictly increasing and >= {minimum}, got {buckets}")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SharedPrompts:
@@ -116,11 +120,10 @@ class SharedPrompts:
 
   def __post_init__(self):
     for name in ("prompt_buckets", "response_buckets"):
-      buckets = getattr(self, name)
-      if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
-        raise ValueError(f"SharedPrompts.{name} must be non-empty, strictly increasing and >= 1, got {buckets}")
+      _check_buckets(f"SharedPrompts.{name}", getattr(self, name), 1)
     if self.prefix_slot_multiple < 1:
       raise ValueError(f"SharedPrompts.prefix_slot_multiple must be >= 1, got {self.prefix_slot_multiple}")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PackConfig:
@@ -143,11 +146,7 @@ class PackConfig:
   shared_prompts: SharedPrompts | None = None
 
   def __post_init__(self):
-    if not self.length_buckets or list(self.length_buckets) != sorted(set(self.length_buckets)):
-      raise ValueError(f"PackConfig.length_buckets must be non-empty and strictly increasing, got "
-                       f"{self.length_buckets}")
-    if self.length_buckets[0] < 2:
-      raise ValueError(f"PackConfig.length_buckets must be >= 2, got {self.length_buckets}")
+    _check_buckets("PackConfig.length_buckets", self.length_buckets, 2)
     if self.rows_per_micro_batch < 1 or self.micro_batch_multiple < 1:
       raise ValueError(f"PackConfig.rows_per_micro_batch ({self.rows_per_micro_batch}) and "
                        f"micro_batch_multiple ({self.micro_batch_multiple}) must be >= 1")
@@ -177,18 +176,6 @@ class MicroBatches(NamedTuple):
   prefix_tokens: np.ndarray | None = None  # int32 [M, Gp, P], each distinct prompt once, right-padded
   prefix_mask: np.ndarray | None = None  # bool [M, Gp, P], True on real prompt tokens
   prefix_index: np.ndarray | None = None  # int32 [M, Bm], the row's prefix slot (0 on padding rows)
-
-
-# Rank of every `MicroBatches` field (3: [M, Bm, L], 2: [M, Bm], 0: scalar), for shardings.
-FIELD_NDIMS = MicroBatches(tokens=3, positions=3, attention_mask=3, targets=3, response_mask=3, old_logp=3,
-                           has_old_logp=0, is_demo=2, row_valid=2, advantages=2, rewards=2, group_ids=2,
-                           group_size=2, question_index=2, rl_weight=2, sft_weight=2, num_questions=0)
-SHARED_FIELD_NDIMS = FIELD_NDIMS._replace(prefix_tokens=3, prefix_mask=3, prefix_index=2)
-
-
-def field_ndims(batch: MicroBatches) -> MicroBatches:
-  """The rank of each field of `batch`'s layout (None where the layout has no such field)."""
-  return FIELD_NDIMS if batch.prefix_tokens is None else SHARED_FIELD_NDIMS
 
 
 def real_tokens(batch: MicroBatches, xp=np):
@@ -349,4 +336,4 @@ def _with_row_fields(rows: Rows, advantages: np.ndarray, *, m: int, bm: int, **t
 
 def token_count(batch: MicroBatches) -> int:
   """Real tokens in the batch (prompt + response per row, either layout), for throughput figures."""
-  return int(real_tokens(MicroBatches(*(None if x is None else np.asarray(x) for x in batch))))
+  return int(real_tokens(batch))

@@ -216,7 +216,7 @@ class _Run:
 
   def batch_shardings(self, batch: MicroBatches) -> MicroBatches:
     """Shardings of `batch`'s fields (its layout's: the shared-prompt one has prefix fields)."""
-    return jax.tree.map(lambda n: mesh_lib.batch_sharding(self.mesh, n), batching.field_ndims(batch))
+    return mesh_lib.batch_shardings(batch, self.mesh)
 
   def sampler_params(self, state: TrainState) -> nnx.State:
     # The sampler reads the trainer's own (sharded) arrays: no copy, no gather.

@@ -31,7 +31,7 @@ from hpt_jax import upge
 from hpt_jax.models import ModelConfig
 from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training import state as state_lib
-from hpt_jax.training.batching import MicroBatches, field_ndims
+from hpt_jax.training.batching import MicroBatches
 from hpt_jax.training.train_step import policy_hidden
 from hpt_jax.typing import Array
 
@@ -162,7 +162,7 @@ class Recompute:
       if self.mesh is None:
         self._jitted[shared] = jax.jit(self._recompute)
       else:
-        b_shard = jax.tree.map(lambda n: mesh_lib.batch_sharding(self.mesh, n), field_ndims(batch))
+        b_shard = mesh_lib.batch_shardings(batch, self.mesh)
         self._jitted[shared] = jax.jit(self._recompute, in_shardings=(self._p_shard, b_shard),
                                        out_shardings=b_shard)
     return self._jitted[shared]

@@ -43,7 +43,7 @@ from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training import optimizer as optim_lib
 from hpt_jax.training import state as state_lib
 from hpt_jax.models.shared_prefix import shared_prefix_hidden
-from hpt_jax.training.batching import MicroBatches, field_ndims, real_tokens
+from hpt_jax.training.batching import MicroBatches, real_tokens
 from hpt_jax.training.state import TrainState
 from hpt_jax.typing import Array
 
@@ -79,9 +79,6 @@ class TrainStep:
       self._p_shard = mesh_lib.param_shardings(abstract_state, mesh)
       self._o_shard = mesh_lib.opt_state_shardings(optimizer, abstract_pure, self._p_shard, mesh)
 
-  def _batch_shardings(self, batch: MicroBatches) -> MicroBatches:
-    return jax.tree.map(lambda n: mesh_lib.batch_sharding(self.mesh, n), field_ndims(batch))
-
   def _functions(self, batch: MicroBatches) -> tuple[Any, Any]:
     """(grads, step) jitted for `batch`'s layout, with the mesh's shardings."""
     shared = batch.prefix_tokens is not None
@@ -90,7 +87,7 @@ class TrainStep:
         self._jitted[shared] = (jax.jit(self._loss_and_grads), jax.jit(self._update, donate_argnums=(0, 1)))
       else:
         p_shard, o_shard, rep = self._p_shard, self._o_shard, mesh_lib.replicated(self.mesh)
-        b_shard = self._batch_shardings(batch)
+        b_shard = mesh_lib.batch_shardings(batch, self.mesh)
         self._jitted[shared] = (
             jax.jit(self._loss_and_grads, in_shardings=(p_shard, b_shard), out_shardings=(rep, p_shard, rep)),
             jax.jit(self._update, in_shardings=(p_shard, o_shard, rep, b_shard),
@@ -103,7 +100,7 @@ class TrainStep:
     """Moves a host batch onto the mesh with the step's batch sharding (no-op without a mesh)."""
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, batch)
-    return jax.device_put(batch, self._batch_shardings(batch))
+    return jax.device_put(batch, mesh_lib.batch_shardings(batch, self.mesh))
 
   def loss_and_grads(self, params: dict, batch: MicroBatches) -> tuple[Array, dict, dict]:
     """(loss, grads (pure dict like params), metrics) without an update."""
