@@ -19,6 +19,7 @@ arrays, not one stacked [L, ...] array).
 from __future__ import annotations
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 
 from hpt_jax.models.config import ModelConfig
@@ -59,6 +60,21 @@ class KVCache:
     pad_axis = lambda axis: lambda x: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(4)])
     return self.replace(k=tuple(map(pad_axis(3), self.k)), v=tuple(map(pad_axis(2), self.v)),
                         key_mask=jnp.pad(self.key_mask, ((0, 0), (0, extra))))
+
+
+def write_layer(k_layer: Array, v_layer: Array, k: Array, v: Array, index: Array) -> tuple[Array, Array]:
+  """One layer's buffers with T new keys/values written at slots [index, index + T).
+
+  Args:
+    k_layer: [B, K, H, S] key buffer; v_layer: [B, K, S, H] value buffer (the cache layouts).
+    k, v: [B, T, K, H] the new tokens' keys (after RoPE) and values.
+    index: int32 [] first slot to write.
+  Returns:
+    (k_layer, v_layer) updated, in their own dtypes.
+  """
+  k_layer = jax.lax.dynamic_update_slice(k_layer, k.transpose(0, 2, 3, 1).astype(k_layer.dtype), (0, 0, 0, index))
+  v_layer = jax.lax.dynamic_update_slice(v_layer, v.swapaxes(1, 2).astype(v_layer.dtype), (0, 0, index, 0))
+  return k_layer, v_layer
 
 
 def init_cache(config: ModelConfig, *, batch: int, length: int, dtype=None) -> KVCache:

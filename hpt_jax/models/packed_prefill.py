@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from hpt_jax.models import rope
 from hpt_jax.models.attention import attend_cache
-from hpt_jax.models.cache import KVCache
+from hpt_jax.models.cache import KVCache, write_layer
 from hpt_jax.models.config import ModelConfig
 from hpt_jax.models.transformer import CachedLayer, CausalLM, _attention_mask, rms_norm
 from hpt_jax.typing import Array
@@ -93,11 +93,7 @@ def _packed_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array,
   k = rot(dense(normed, w.k, w.k_bias).reshape(r, kv, h))
   v = dense(normed, w.v, w.v_bias).reshape(r, kv, h)
   k_layer, v_layer, index = cached
-  # new: [R, K, H] -> [B, P, K, H] -> keys [B, K, H, P] at slot axis 3, values [B, K, P, H] at axis 2.
-  k_layer = jax.lax.dynamic_update_slice(
-      k_layer, unpack(k).transpose(0, 2, 3, 1).astype(k_layer.dtype), (0, 0, 0, index))
-  v_layer = jax.lax.dynamic_update_slice(
-      v_layer, unpack(v).swapaxes(1, 2).astype(v_layer.dtype), (0, 0, index, 0))
+  k_layer, v_layer = write_layer(k_layer, v_layer, unpack(k), unpack(v), index)   # [R, K, H] -> [B, P, K, H]
   if last_rows is None:
     out = attend_cache(unpack(q), k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask,
                        query_chunk=config.attention_query_chunk)          # [B, P, N, H]

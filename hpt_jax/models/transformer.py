@@ -24,7 +24,7 @@ from flax import nnx
 
 from hpt_jax.models import rope
 from hpt_jax.models.attention import attend, attend_cache
-from hpt_jax.models.cache import KVCache
+from hpt_jax.models.cache import KVCache, write_layer
 from hpt_jax.models.config import ModelConfig, RematPolicy
 from hpt_jax.models.sharding import constrain
 from hpt_jax.typing import Array
@@ -241,11 +241,7 @@ def _cached_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array,
   # XLA updates the loop-carried buffer in place (reading the old buffer next to a write of it
   # made XLA copy every layer's cache twice per step).
   k_layer, v_layer, index = cached
-  # new: [B, T, K, H] -> keys [B, K, H, T] at slot axis 3, values [B, K, T, H] at slot axis 2.
-  k_layer = jax.lax.dynamic_update_slice(
-      k_layer, k.transpose(0, 2, 3, 1).astype(k_layer.dtype), (0, 0, 0, index))
-  v_layer = jax.lax.dynamic_update_slice(
-      v_layer, v.swapaxes(1, 2).astype(v_layer.dtype), (0, 0, index, 0))
+  k_layer, v_layer = write_layer(k_layer, v_layer, k, v, index)
   if last_only:
     x, q, mask, t = x[:, -1:], q[:, -1:], mask[:, -1:], 1
   out = attend_cache(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask,
