@@ -116,6 +116,10 @@ class ModelConfig:
   dtype_policy: DTypePolicy = DTypePolicy.FLOAT32
   remat: RematPolicy = RematPolicy.NONE
   attention_query_chunk: int | None = None  # see attention.attend: bounds score memory at long T
+  # True: the decoder layers run under `jax.lax.scan` (compile time independent of depth). False: a
+  # Python loop over them; compile time grows with L, but no stacked per-layer residual buffers are
+  # filled and sliced in the backward pass (on CPU the tiny model's train step takes ~14 % less time).
+  scan_layers: bool = True
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",

@@ -31,7 +31,7 @@ from hpt_jax.models import rope
 from hpt_jax.models.attention import attend
 from hpt_jax.models.config import RematPolicy
 from hpt_jax.models.sharding import constrain
-from hpt_jax.models.transformer import CausalLM, DecoderLayer
+from hpt_jax.models.transformer import CausalLM, DecoderLayer, apply_layers
 from hpt_jax.typing import Array
 
 _ACT = ("act_batch", "act_length", "act_embed")
@@ -135,7 +135,8 @@ def shared_prefix_hidden(model: CausalLM, *, prefix_tokens: Array, prefix_mask: 
 
   if config.remat is not RematPolicy.NONE:
     layer_fn = jax.checkpoint(layer_fn, policy=config.remat.checkpoint_policy, prevent_cse=False)
-  (xp, xs), _ = jax.lax.scan(lambda carry, state: (layer_fn(carry, state), None), (xp, xs), layer_state)
+  (xp, xs), _ = apply_layers(lambda carry, state: (layer_fn(carry, state), None), (xp, xs), layer_state,
+                             scan=config.scan_layers)
 
   # Slot t predicts token t + 1; the first response token is predicted by the prompt's last token.
   p = prefix_mask.shape[1]

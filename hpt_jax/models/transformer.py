@@ -8,8 +8,9 @@ table in `hf_io.py` stays a list of renames. Kernels are stored input-first (`[D
 because that is the einsum-friendly layout; HF stores `[N*H, D]`.
 
 The L decoder layers are ONE module whose parameters have a leading `layers` axis (built with
-`nnx.vmap`) and run under `jax.lax.scan`: compile time does not grow with depth, and the per-layer
-remat policy wraps the scan body.
+`nnx.vmap`) and run under `jax.lax.scan` (`apply_layers`): compile time does not grow with depth, and
+the per-layer remat policy wraps the scan body. `ModelConfig.scan_layers=False` runs the same body in a
+Python loop instead.
 """
 
 from __future__ import annotations
@@ -255,6 +256,28 @@ def _cached_layer(w: CachedLayer, x: Array, cos: Array, sin: Array, mask: Array,
   return constrain(x, ("act_batch", "act_length", "act_embed")), (k_layer, v_layer)
 
 
+def apply_layers(body: Callable, carry, layer_state, *, scan: bool):
+  """Runs `body(carry, layer_i) -> (carry, out)` over the leading `layers` axis of `layer_state`.
+
+  `scan=True` is `jax.lax.scan`; `scan=False` is a Python loop over the layers (one copy of the body
+  per layer in the program). Same arithmetic: the loop just avoids the scan's stacked residual buffers,
+  which the backward pass fills and slices layer by layer.
+
+  Returns:
+    (the final carry, the outputs stacked over layers, or None when `body` returns None).
+  """
+  if scan:
+    return jax.lax.scan(body, carry, layer_state)
+  num_layers = jax.tree.leaves(layer_state)[0].shape[0]
+  outputs = []
+  for i in range(num_layers):
+    carry, out = body(carry, jax.tree.map(lambda leaf: leaf[i], layer_state))
+    outputs.append(out)
+  if outputs[0] is None:
+    return carry, None
+  return carry, jax.tree.map(lambda *outs: jnp.stack(outs), *outputs)
+
+
 class CausalLM(nnx.Module):
   """Decoder-only LM. See WORKSPACE.md "Model" for the call contract."""
 
@@ -367,7 +390,7 @@ class CausalLM(nnx.Module):
         x = layer_fn(x, state)
         return x, (x if collect else None)
 
-      x, stream = jax.lax.scan(body, x, layer_state)
+      x, stream = apply_layers(body, x, layer_state, scan=config.scan_layers)
       x = x[:, -1:] if last_only else x
     else:
       # Decoding: a Python loop over layers (static layer index) so that each layer reads its own

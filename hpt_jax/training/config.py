@@ -332,7 +332,7 @@ def with_algorithm(config: TrainConfig, name: str) -> TrainConfig:
 
 
 # How the model computes, not what it is: config.json cannot say, so `model.config` keeps them.
-RUNTIME_FIELDS = ("dtype_policy", "remat", "attention_query_chunk")
+RUNTIME_FIELDS = ("dtype_policy", "remat", "attention_query_chunk", "scan_layers")
 
 
 def resolve_model_config(source: ModelSource) -> ModelConfig:
