@@ -10,7 +10,7 @@ side by side as a check. Steps are timed interleaved (ours, torch, ours, ...) so
 both see the same load; medians are reported.
 
 Ours runs in two layouts of the same rows (`--layouts`): `shared` (the default of the training loop:
-each micro-batch's distinct prompts are computed once and its rows' responses attend to them,
+each distinct prompt of the batch is computed once per step and the rows' responses attend to it,
 `hpt_jax.models.shared_prefix`; 120 rollouts of 15 prompts need 15, not 120, prompt passes) and
 `plain` (every row `prompt ++ response`, as torch computes it). Both give the same loss and gradient
 (tests/test_train_step_shared_prompts.py; the first-step losses are printed side by side). MFU is
@@ -48,7 +48,7 @@ from flax import nnx
 
 from hpt_jax import hybrid, upge
 from hpt_jax.hybrid.objective import LossConfig
-from hpt_jax.models import CausalLM, ModelConfig
+from hpt_jax.models import CausalLM, ModelConfig, RematPolicy
 from hpt_jax.models.hf_keys import KEY_TABLES, to_ours
 from hpt_jax.training import batching, optimizer as optim_lib, state as state_lib
 from hpt_jax.training.train_step import TrainStep
@@ -121,7 +121,8 @@ def shape_flops(config: ModelConfig, *, m: int, bm: int, r: int, gp: int = 0, p:
   """Matmul FLOPs (3 x forward) of a step over M micro-batches of Bm rows of R slots.
 
   Plain (gp = 0): every slot of [M, Bm, R] through the layers, attention over R keys, unembedding
-  everywhere. Shared prompts: the Gp x P prefix slots and Bm x R suffix slots through the layers;
+  everywhere. Shared prompts: the batch's M x Gp x P prefix slots (once per step) and the
+  M x Bm x R suffix slots through the layers;
   prefix queries attend P keys, suffix queries P + R; the unembedding on the suffix slots only.
   """
   layer, unembed = _matmul_params(config)
@@ -213,6 +214,10 @@ def main():
   parser.add_argument("--layouts", default="shared,plain",
                       help="ours, comma-separated: shared (each distinct prompt once per micro-batch) and/or "
                       "plain (prompt ++ response rows, the torch peer's layout)")
+  parser.add_argument("--remat", default="save_dots", choices=[p.value for p in RematPolicy],
+                      help="ours: the per-layer remat policy (save_dots: the main job's)")
+  parser.add_argument("--scan-layers", action=argparse.BooleanOptionalAction, default=True,
+                      help="ours: the layers under lax.scan (default) or a Python loop (ModelConfig.scan_layers)")
   parser.add_argument("--logprob-chunk", type=int, default=0,
                       help="positions per log-prob chunk (recomputed in the backward pass); 0 = full logits")
   args = parser.parse_args()
@@ -223,7 +228,8 @@ def main():
 
   torch.manual_seed(0)
   hf = transformers.Qwen2ForCausalLM(hf_config(smoke=smoke)).float()
-  config = ModelConfig.from_hf_config(hf.config.to_dict())
+  config = ModelConfig.from_hf_config(hf.config.to_dict(), remat=RematPolicy(args.remat),
+                                      scan_layers=args.scan_layers)
   params = our_params(hf, config)
   rows = make_rows(vocab=config.vocab_size, prompt_len=prompt_len, response_len=response_len,
                    rl_questions=rl_questions, demo_questions=demo_questions, n=n, seed=0)
@@ -287,8 +293,9 @@ def main():
         f"{args.logprob_chunk or 'none (full logits)'}")
   if "shared" in batches and "shared" in layouts:
     sb = batches["shared"]
-    print(f"ours (shared): each micro-batch's distinct prompts once, {sb.prefix_tokens.shape[1]} prefix slots "
-          f"x {sb.prefix_tokens.shape[2]} + {sb.tokens.shape[1]} rows x {sb.tokens.shape[2]} per micro-batch; "
+    gp, p = sb.prefix_tokens.shape[1:]
+    print(f"ours (shared): each distinct prompt of the batch once per step, {sb.prefix_tokens.shape[0]} x {gp} "
+          f"prefix slots x {p}, then {sb.tokens.shape[1]} rows x {sb.tokens.shape[2]} per micro-batch; "
           f"same loss and gradient as the plain rows (tests/test_train_step_shared_prompts.py)")
   print("first-step loss: " + "  ".join(f"ours ({k}) {v:.6f}" for k, v in first_loss.items())
         + f"  torch {first_loss_torch:.6f}")

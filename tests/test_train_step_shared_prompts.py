@@ -58,16 +58,21 @@ def test_pack_stores_each_distinct_prompt_once_and_counts_the_same_tokens():
   rows = _rows(q=5, n=3)
   plain, shared = _packs(rows)
   assert shared.tokens.shape[:2] == plain.tokens.shape[:2]
-  for mi in range(shared.tokens.shape[0]):
-    lo, hi = mi * 8, min(mi * 8 + 8, rows.num_rows)
-    distinct = {tuple(p) for p in rows.prompts[lo:hi]}
-    stored = {tuple(t[m]) for t, m in zip(shared.prefix_tokens[mi], shared.prefix_mask[mi]) if m.any()}
-    assert stored == distinct
-    for i in range(lo, hi):  # each row's prefix slot holds its prompt, its slots its response
-      slot = shared.prefix_index[mi, i - lo]
-      np.testing.assert_array_equal(shared.prefix_tokens[mi, slot][shared.prefix_mask[mi, slot]], rows.prompts[i])
-      np.testing.assert_array_equal(shared.tokens[mi, i - lo][shared.attention_mask[mi, i - lo]], rows.responses[i])
-  assert shared.prefix_tokens.shape[1] < 8  # fewer prefix slots than rows
+  m = shared.tokens.shape[0]
+  prefix_tokens, prefix_mask = batching.step_prefixes(shared)
+  stored = [tuple(t[mask]) for t, mask in zip(prefix_tokens, prefix_mask) if mask.any()]
+  assert sorted(stored) == sorted({tuple(p) for p in rows.prompts})  # each prompt of the batch once
+  assert shared.prefix_tokens.shape[1] == -(-len(stored) // m)  # Gp = ceil(distinct / M)
+  # Some prompt's rows sit in two micro-batches: the step must share prompts across micro-batches.
+  micro_batches_of = {}
+  for i, p in enumerate(rows.prompts):
+    micro_batches_of.setdefault(tuple(p), set()).add(i // 8)
+  assert max(map(len, micro_batches_of.values())) > 1
+  for i in range(rows.num_rows):  # each row's prefix slot holds its prompt, its slots its response
+    mi, r = divmod(i, 8)
+    slot = shared.prefix_index[mi, r]
+    np.testing.assert_array_equal(prefix_tokens[slot][prefix_mask[slot]], rows.prompts[i])
+    np.testing.assert_array_equal(shared.tokens[mi, r][shared.attention_mask[mi, r]], rows.responses[i])
   assert batching.token_count(shared) == batching.token_count(plain) == int(rows.lengths().sum())
   assert int(shared.response_mask.sum()) == int(plain.response_mask.sum())
 

@@ -12,6 +12,16 @@ same masks), with the prompt's work done once per group: for 8 rollouts of 64 to
 rows' gradients, which is what the plain forward's n copies receive in total. (The same idea is
 "Prefix Grouper", arXiv 2506.05433.)
 
+The forward is two passes: `prefix_states` runs the G prompts alone through every layer and keeps
+each layer's keys/values (and the top state at each prompt's last slot); `suffix_hidden` runs the
+responses, each layer attending to its row's prompt's keys/values. The train step calls them apart
+so that one `prefix_states` serves all micro-batches of an update (prompts whose rows sit in several
+micro-batches are computed once per step, and no micro-batch pads prefix slots of its own): the
+micro-batches return cotangents of the prefix states, summed and pulled back through the prompts'
+pass once. The price is memory: the prompts' activations of every layer live for the whole step
+(Qwen2.5-7B with `remat=full`: ~0.4 MB per prompt token, layer inputs + keys/values + their fp32
+cotangent sums, sharded over the batch axes).
+
 The output is aligned with the targets: `hidden[b, t]` is the state that predicts suffix token t,
 i.e. the prefix's last real slot for t = 0 and suffix slot t − 1 after; so log-probs of the
 response tokens come from `hidden` and the suffix tokens directly.
@@ -21,6 +31,8 @@ K KV heads, H head dim.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import chex
 import jax
@@ -67,38 +79,134 @@ def attention_masks(prefix_mask: Array, suffix_mask: Array, prefix_index: Array)
   return prefix, suffix
 
 
-def _layer(layer: DecoderLayer, xp: Array, xs: Array, rope_p: tuple[Array, Array],
-           rope_s: tuple[Array, Array], mask_p: Array, mask_s: Array, prefix_index: Array
-           ) -> tuple[Array, Array]:
-  """One decoder layer over both parts: xp [G, P, D], xs [B, R, D] -> the same shapes."""
+class PrefixStates(NamedTuple):
+  """What the suffix rows need from the prefix rows (`prefix_states`); differentiable.
+
+  Attributes:
+    keys: [L, G, P, K, H] each layer's prefix keys (RoPE applied).
+    values: [L, G, P, K, H] each layer's prefix values.
+    last: [G, D] the top layer's output at each prefix's last real slot (before the final norm):
+      the state that predicts the first response token.
+  """
+  keys: Array
+  values: Array
+  last: Array
+
+
+def _project(layer: DecoderLayer, x: Array, cos: Array, sin: Array) -> tuple[Array, Array, Array]:
+  """The layer's normed q, k, v of x [., T, D] (RoPE on q and k): [., T, N|K|K, H]."""
   attn = layer.self_attn
+  normed = layer.input_layernorm(x)
+  q = rope.apply_rope(attn.q_proj("btd,dnh->btnh", normed), cos, sin)
+  k = rope.apply_rope(attn.k_proj("btd,dkh->btkh", normed), cos, sin)
+  v = attn.v_proj("btd,dkh->btkh", normed)
+  return constrain(q, ("act_batch", "act_length", "act_heads", "head_dim")), k, v
 
-  def project(x, cos, sin):
-    normed = layer.input_layernorm(x)
-    q = rope.apply_rope(attn.q_proj("btd,dnh->btnh", normed), cos, sin)
-    k = rope.apply_rope(attn.k_proj("btd,dkh->btkh", normed), cos, sin)
-    v = attn.v_proj("btd,dkh->btkh", normed)
-    return constrain(q, ("act_batch", "act_length", "act_heads", "head_dim")), k, v
 
-  qp, kp, vp = project(xp, *rope_p)
-  qs, ks, vs = project(xs, *rope_s)
-  out_p = attend(qp, kp, vp, mask_p, query_chunk=attn.query_chunk)
-  # Each suffix row reads its prefix's keys/values (a gather; its gradient sums over the rows).
-  keys = jnp.concatenate([kp[prefix_index], ks], axis=1)                        # [B, P + R, K, H]
-  values = jnp.concatenate([vp[prefix_index], vs], axis=1)
-  out_s = attend(qs, keys, values, mask_s, query_chunk=attn.query_chunk)
+def _finish(layer: DecoderLayer, x: Array, attention_out: Array) -> Array:
+  """The layer's output projection, residual and MLP: x [., T, D] -> [., T, D]."""
+  x = x + layer.self_attn.o_proj("btnh,nhd->btd", attention_out)
+  x = x + layer.mlp(layer.post_attention_layernorm(x))
+  return constrain(x, _ACT)
 
-  def finish(x, out):
-    x = x + attn.o_proj("btnh,nhd->btd", out)
-    x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return constrain(x, _ACT)
 
-  return finish(xp, out_p), finish(xs, out_s)
+def _per_layer(model: CausalLM, layer_fn):
+  """`layer_fn(layer, carry, xs) -> (carry, out)` as a body over the stacked layers, with the
+  config's remat policy."""
+  graphdef, layer_state = nnx.split(model.layers)
+
+  def body(carry, xs):
+    state, extra = xs
+    return layer_fn(nnx.merge(graphdef, state), carry, extra)
+
+  if model.config.remat is not RematPolicy.NONE:
+    body = jax.checkpoint(body, policy=model.config.remat.checkpoint_policy, prevent_cse=False)
+  return body, layer_state
+
+
+def _embed(model: CausalLM, tokens: Array) -> Array:
+  table = model.embed_tokens.embedding[...]
+  return constrain(jnp.take(table, tokens, axis=0).astype(model.config.dtype), _ACT)
+
+
+def _inverse_frequencies(config) -> Array:
+  return rope.inverse_frequencies(head_dim=config.head_dim, theta=config.rope_theta,
+                                  scaling=config.rope_scaling)
+
+
+def prefix_states(model: CausalLM, prefix_tokens: Array, prefix_mask: Array) -> PrefixStates:
+  """Runs the prompts alone through every layer (causal within each prompt).
+
+  Args:
+    model: the policy.
+    prefix_tokens: [G, P] int32 prompts (any padding side; padded slots are masked).
+    prefix_mask: [G, P] bool, True on real prompt tokens (a row may be all False: an unused slot).
+  Returns:
+    `PrefixStates` ([L, G, P, K, H] keys and values, [G, D] last states).
+  """
+  chex.assert_rank([prefix_tokens, prefix_mask], 2)
+  chex.assert_equal_shape([prefix_tokens, prefix_mask])
+  prefix_mask = prefix_mask.astype(bool)
+  p = prefix_mask.shape[1]
+  cos, sin = rope.rope_angles(prefix_positions(prefix_mask), _inverse_frequencies(model.config))
+  mask = jnp.tril(jnp.ones((p, p), bool))[None] & prefix_mask[:, None, :]
+
+  def layer_fn(layer, x, _):
+    q, k, v = _project(layer, x, cos, sin)
+    out = attend(q, k, v, mask, query_chunk=layer.self_attn.query_chunk)
+    return _finish(layer, x, out), (k, v)
+
+  body, layer_state = _per_layer(model, layer_fn)
+  x, (keys, values) = apply_layers(body, _embed(model, prefix_tokens), (layer_state, None),
+                                   scan=model.config.scan_layers)
+  last = p - 1 - jnp.argmax(prefix_mask[:, ::-1], axis=-1)                      # [G]
+  return PrefixStates(keys=keys, values=values,
+                      last=jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0])
+
+
+def suffix_hidden(model: CausalLM, prefix: PrefixStates, *, prefix_mask: Array, prefix_index: Array,
+                  suffix_tokens: Array, suffix_mask: Array) -> Array:
+  """Final-norm hidden states that predict each suffix token, the prompts' work given.
+
+  Args:
+    model: the policy.
+    prefix: `prefix_states` of the G prompts.
+    prefix_mask: [G, P] bool, the prompts' real slots.
+    prefix_index: [B] int32 in [0, G), the prefix row of each suffix row.
+    suffix_tokens: [B, R] int32 responses, left-aligned (slot t is response token t).
+    suffix_mask: [B, R] bool, True on real response tokens (all False on padding rows).
+  Returns:
+    [B, R, D]: row b, slot t is the hidden state whose logits predict `suffix_tokens[b, t]`.
+  """
+  chex.assert_rank([suffix_tokens, suffix_mask, prefix_index], [2, 2, 1])
+  chex.assert_equal_shape([suffix_tokens, suffix_mask])
+  chex.assert_equal_shape_prefix([suffix_tokens, prefix_index], 1)
+  prefix_mask, suffix_mask = prefix_mask.astype(bool), suffix_mask.astype(bool)
+  r = suffix_tokens.shape[1]
+  cos, sin = rope.rope_angles(suffix_positions(prefix_mask, prefix_index, r),
+                              _inverse_frequencies(model.config))
+  _, mask = attention_masks(prefix_mask, suffix_mask, prefix_index)
+
+  def layer_fn(layer, x, prefix_kv):
+    q, k, v = _project(layer, x, cos, sin)
+    # Each row reads its prefix's keys/values (a gather; its gradient sums over the rows).
+    keys = jnp.concatenate([prefix_kv[0][prefix_index], k], axis=1)            # [B, P + R, K, H]
+    values = jnp.concatenate([prefix_kv[1][prefix_index], v], axis=1)
+    out = attend(q, keys, values, mask, query_chunk=layer.self_attn.query_chunk)
+    return _finish(layer, x, out), None
+
+  body, layer_state = _per_layer(model, layer_fn)
+  xs, _ = apply_layers(body, _embed(model, suffix_tokens), (layer_state, (prefix.keys, prefix.values)),
+                       scan=model.config.scan_layers)
+  # Slot t predicts token t + 1; the first response token is predicted by the prompt's last token.
+  first = prefix.last[prefix_index][:, None]                                    # [B, 1, D]
+  hidden = jnp.concatenate([first.astype(xs.dtype), xs[:, :r - 1]], axis=1)
+  return model.norm(constrain(hidden, _ACT))
 
 
 def shared_prefix_hidden(model: CausalLM, *, prefix_tokens: Array, prefix_mask: Array, suffix_tokens: Array,
                          suffix_mask: Array, prefix_index: Array) -> Array:
-  """Final-norm hidden states that predict each suffix token.
+  """`suffix_hidden` after `prefix_states`: the whole shared-prompt forward of one batch.
 
   Args:
     model: the policy.
@@ -111,36 +219,6 @@ def shared_prefix_hidden(model: CausalLM, *, prefix_tokens: Array, prefix_mask: 
   Returns:
     [B, R, D]: row b, slot t is the hidden state whose logits predict `suffix_tokens[b, t]`.
   """
-  config = model.config
-  chex.assert_rank([prefix_tokens, prefix_mask, suffix_tokens, suffix_mask, prefix_index], [2, 2, 2, 2, 1])
-  chex.assert_equal_shape([prefix_tokens, prefix_mask])
-  chex.assert_equal_shape([suffix_tokens, suffix_mask])
-  chex.assert_equal_shape_prefix([suffix_tokens, prefix_index], 1)
-  prefix_mask, suffix_mask = prefix_mask.astype(bool), suffix_mask.astype(bool)
-  r = suffix_tokens.shape[1]
-
-  table = model.embed_tokens.embedding[...]
-  embed = lambda tokens: constrain(jnp.take(table, tokens, axis=0).astype(config.dtype), _ACT)
-  xp, xs = embed(prefix_tokens), embed(suffix_tokens)
-  inv_freq = rope.inverse_frequencies(head_dim=config.head_dim, theta=config.rope_theta,
-                                      scaling=config.rope_scaling)
-  rope_p = rope.rope_angles(prefix_positions(prefix_mask), inv_freq)
-  rope_s = rope.rope_angles(suffix_positions(prefix_mask, prefix_index, r), inv_freq)
-  mask_p, mask_s = attention_masks(prefix_mask, suffix_mask, prefix_index)
-
-  graphdef, layer_state = nnx.split(model.layers)
-
-  def layer_fn(carry, state):
-    return _layer(nnx.merge(graphdef, state), *carry, rope_p, rope_s, mask_p, mask_s, prefix_index)
-
-  if config.remat is not RematPolicy.NONE:
-    layer_fn = jax.checkpoint(layer_fn, policy=config.remat.checkpoint_policy, prevent_cse=False)
-  (xp, xs), _ = apply_layers(lambda carry, state: (layer_fn(carry, state), None), (xp, xs), layer_state,
-                             scan=config.scan_layers)
-
-  # Slot t predicts token t + 1; the first response token is predicted by the prompt's last token.
-  p = prefix_mask.shape[1]
-  last = p - 1 - jnp.argmax(prefix_mask[:, ::-1], axis=-1)                      # [G]
-  first = jnp.take_along_axis(xp, last[:, None, None], axis=1)[prefix_index]    # [B, 1, D]
-  hidden = jnp.concatenate([first, xs[:, :r - 1]], axis=1)
-  return model.norm(constrain(hidden, _ACT))
+  prefix = prefix_states(model, prefix_tokens, prefix_mask)
+  return suffix_hidden(model, prefix, prefix_mask=prefix_mask, prefix_index=prefix_index,
+                       suffix_tokens=suffix_tokens, suffix_mask=suffix_mask)

@@ -15,24 +15,26 @@ in any mix. `pack` lays them out as `MicroBatches`, NumPy arrays of shape [M, Bm
 
 With `PackConfig(shared_prompts=SharedPrompts(...))` the rows are laid out for the shared-prompt
 forward (`hpt_jax.models.shared_prefix`): every micro-batch keeps the same rows, but each DISTINCT
-prompt of the micro-batch is stored once in `prefix_tokens` [M, Gp, P] and the per-row arrays hold the
-responses only, [M, Bm, R] (`tokens[t]` = `targets[t]` = response token t, `positions` continue the
-prompt's, `response_mask` = `attention_mask` = real response slots), with `prefix_index` [M, Bm] naming
-each row's prefix. The loss sees the same log-probs in another column order, so every objective is
-unchanged, except one that takes its constant T from the padded width (`width=None`): that width is R
+prompt of the whole batch is stored once, in one of the M·Gp prefix slots of `prefix_tokens` [M, Gp, P]
+(Gp = ceil(distinct prompts / M), rounded up), and the per-row arrays hold the responses only,
+[M, Bm, R] (`tokens[t]` = `targets[t]` = response token t, `positions` continue the prompt's,
+`response_mask` = `attention_mask` = real response slots), with `prefix_index` [M, Bm] naming
+each row's prefix slot in the flattened [M·Gp] rows (`step_prefixes`): the train step runs every
+prompt once per step, whichever micro-batches its rows are in. The loss sees the same log-probs in
+another column order, so every objective is unchanged, except one that takes its constant T from the padded width (`width=None`): that width is R
 here, the prompt + response bucket L in the plain layout. `real_tokens` counts prompt + response tokens
 per row in both layouts.
 
 Everything is deterministic NumPy; nothing here touches a device.
-Letters: B rows, M micro-batches, Bm rows per micro-batch, L padded length; shared layout: Gp prefix
-slots per micro-batch, P prefix length, R response length.
+Letters: B rows, M micro-batches, Bm rows per micro-batch, L padded length; shared layout: M·Gp prefix
+slots, P prefix length, R response length.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -109,8 +111,8 @@ class SharedPrompts:
   Attributes:
     prompt_buckets: increasing prefix lengths P to choose from (the longest prompt of the batch).
     response_buckets: increasing response lengths R to choose from (the longest response).
-    prefix_slot_multiple: Gp, the prefix slots per micro-batch, is the largest number of distinct
-      prompts in one micro-batch rounded up to a multiple of this (a multiple of the mesh's
+    prefix_slot_multiple: Gp, the prefix slots per micro-batch row of `prefix_tokens`, is the batch's
+      distinct prompts over M, rounded up to a multiple of this (a multiple of the mesh's
       batch-sharding size under a mesh; a larger one means fewer distinct shapes, so fewer compiles).
   """
 
@@ -173,9 +175,17 @@ class MicroBatches(NamedTuple):
   sft_weight: np.ndarray  # float32 [M, Bm]
   num_questions: np.ndarray  # float32 [], distinct questions in the batch (paper-mode average)
   # Shared-prompt layout only (None in the plain layout):
-  prefix_tokens: np.ndarray | None = None  # int32 [M, Gp, P], each distinct prompt once, right-padded
+  prefix_tokens: np.ndarray | None = None  # int32 [M, Gp, P], each distinct prompt of the BATCH once, right-padded
   prefix_mask: np.ndarray | None = None  # bool [M, Gp, P], True on real prompt tokens
-  prefix_index: np.ndarray | None = None  # int32 [M, Bm], the row's prefix slot (0 on padding rows)
+  # int32 [M, Bm], the row's prompt as an index into the flattened [M * Gp] prefix rows (0 on padding
+  # rows); any micro-batch's rows may point at any slot (`step_prefixes`).
+  prefix_index: np.ndarray | None = None
+
+
+def step_prefixes(batch: MicroBatches) -> tuple[Any, Any]:
+  """The batch's prefix rows as [M * Gp, P] tokens and mask, which `prefix_index` indexes."""
+  flat = lambda x: x.reshape(-1, x.shape[-1])
+  return flat(batch.prefix_tokens), flat(batch.prefix_mask)
 
 
 def real_tokens(batch: MicroBatches, xp=np):
@@ -183,8 +193,8 @@ def real_tokens(batch: MicroBatches, xp=np):
   count = batch.attention_mask.sum()
   if batch.prefix_mask is None:
     return count
-  lengths = batch.prefix_mask.sum(-1)                                     # [M, Gp]
-  per_row = xp.take_along_axis(lengths, batch.prefix_index, axis=1)       # [M, Bm]
+  lengths = batch.prefix_mask.sum(-1).reshape(-1)                        # [M * Gp]
+  per_row = lengths[batch.prefix_index]                                   # [M, Bm]
   return count + xp.where(batch.row_valid, per_row, 0).sum()
 
 
@@ -269,21 +279,22 @@ def _pack_shared(rows: Rows, config: PackConfig, advantages: np.ndarray) -> Micr
   m = _micro_batch_count(b, config)
   prompt_len = choose_bucket(max(len(p) for p in rows.prompts), layout.prompt_buckets)
   resp_len = choose_bucket(max(len(r) for r in rows.responses), layout.response_buckets)
-  # Distinct prompts of each micro-batch, in order of first appearance.
-  slots_of: list[dict[bytes, int]] = [{} for _ in range(m)]
+  # The batch's distinct prompts, in order of first appearance, each in one slot of the flattened
+  # [M * Gp] prefix rows (slot s at [s // Gp, s % Gp]); rows point at their prompt's slot.
+  slots: dict[bytes, int] = {}
   prefix_index = np.zeros((m * bm,), np.int32)
   for i, prompt in enumerate(rows.prompts):
-    slots = slots_of[i // bm]
     prefix_index[i] = slots.setdefault(np.asarray(prompt, np.int64).tobytes(), len(slots))
-  gp = max(len(s) for s in slots_of)
+  gp = -(-len(slots) // m)
   gp = -(-gp // layout.prefix_slot_multiple) * layout.prefix_slot_multiple
-  prefix_tokens = np.full((m, gp, prompt_len), config.pad_id, np.int32)
-  prefix_mask = np.zeros((m, gp, prompt_len), bool)
-  for mi, slots in enumerate(slots_of):
-    for key, slot in slots.items():
-      prompt = np.frombuffer(key, np.int64)
-      prefix_tokens[mi, slot, :len(prompt)] = prompt
-      prefix_mask[mi, slot, :len(prompt)] = True
+  prefix_tokens = np.full((m * gp, prompt_len), config.pad_id, np.int32)
+  prefix_mask = np.zeros((m * gp, prompt_len), bool)
+  for key, slot in slots.items():
+    prompt = np.frombuffer(key, np.int64)
+    prefix_tokens[slot, :len(prompt)] = prompt
+    prefix_mask[slot, :len(prompt)] = True
+  prefix_tokens = prefix_tokens.reshape(m, gp, prompt_len)
+  prefix_mask = prefix_mask.reshape(m, gp, prompt_len)
 
   n_slots = m * bm
   tokens = np.full((n_slots, resp_len), config.pad_id, np.int32)

@@ -109,7 +109,7 @@ def pack_config(config: TrainConfig, phase: Phase, *, pad_id: int) -> PackConfig
 
   Plain `prompt ++ response` rows in a length bucket (p + r for the sampling buckets), or, with
   `batch.shared_prompts`, the shared-prompt layout (`batching` module docstring: each distinct prompt
-  of a micro-batch once, in Gp prefix slots of a prompt bucket; the responses in a response bucket).
+  of the batch once, in M·Gp prefix slots of a prompt bucket; the responses in a response bucket).
   A phase of demonstrations only has one row per question, so nothing to share: it keeps plain rows.
   """
   sampling, batch = config.sampling, config.batch
@@ -117,13 +117,14 @@ def pack_config(config: TrainConfig, phase: Phase, *, pad_id: int) -> PackConfig
   bm = batch.rows_per_micro_batch
   shared = None
   if batch.shared_prompts and phase.rows is not RowSource.DEMOS:
-    # Gp is a static shape: each distinct value compiles the train step (and the π_old recompute)
-    # once more. Slots come in units of ceil(Bm / n), the prompts of a micro-batch of whole rollout
-    # groups, so a pure RL phase (whole groups, Bm a multiple of n) has exactly one Gp and pads no
-    # prefix slot. Micro-batches that mix RL groups with one-row demonstrations hold anything from
-    # Bm / n to Bm prompts, varying step to step: there the unit is at least Bm / 4, so at most 4
-    # values of Gp (4 compiles) per bucket pair, for a few padded prefix slots. Prefix rows are
-    # sharded like batch rows, so the unit is rounded up to a multiple of the mesh's batch shards.
+    # Gp (the batch's distinct prompts over M, rounded up) is a static shape: each distinct value
+    # compiles the train step (and the π_old recompute) once more. Slots come in units of
+    # ceil(Bm / n), a micro-batch's worth of whole rollout groups' prompts, so a pure RL phase (whole
+    # groups, Bm a multiple of n) has exactly one Gp and pads no prefix slot. Batches that mix RL
+    # groups with one-row demonstrations hold anything from Bm / n to Bm prompts per micro-batch,
+    # varying step to step: there the unit is at least Bm / 4, so at most 4 values of Gp (4 compiles)
+    # per bucket pair, for a few padded prefix slots. Prefix rows are sharded like batch rows, so the
+    # unit is rounded up to a multiple of the mesh's batch shards.
     unit = -(-bm // sampling.rollouts_per_prompt)
     if phase.rows is not RowSource.ROLLOUTS:
       unit = max(unit, -(-bm // 4))

@@ -9,7 +9,7 @@ as the sampling-time policy is the training-time one and both compute in float32
 another dtype), or when the forward passes run in bf16 (cache decoding and teacher forcing then
 differ by several percent in probability, measured on an H200), π_old is recomputed: one jitted, sharded, teacher-forced forward pass with the step's starting parameters
 over the packed micro-batches, from the same hidden states as the train step (`train_step.policy_hidden`:
-plain rows, or each distinct prompt once in the shared-prompt layout), log-probs in chunks of positions
+plain rows, or each distinct prompt of the batch once in the shared-prompt layout), log-probs in chunks of positions
 exactly as the train step takes them (the [B, L, V] logits never exist).
 
 Demonstration rows keep what the router gave them (log π_old = 0, the offline reference π_old ≡ 1).
@@ -29,9 +29,10 @@ from jax.sharding import Mesh
 
 from hpt_jax import upge
 from hpt_jax.models import ModelConfig
+from hpt_jax.models.shared_prefix import PrefixStates, prefix_states
 from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training import state as state_lib
-from hpt_jax.training.batching import MicroBatches
+from hpt_jax.training.batching import MicroBatches, step_prefixes
 from hpt_jax.training.train_step import policy_hidden
 from hpt_jax.typing import Array
 
@@ -98,7 +99,8 @@ def should_recompute(choice: OldLogProbs, policies: PolicyPair) -> bool:
 
 
 def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, params: dict, mb: MicroBatches,
-                            *, temperature: float, logprob_chunk: int | None) -> Array:
+                            *, temperature: float, logprob_chunk: int | None,
+                            prefix: PrefixStates | None = None, prefix_mask: Array | None = None) -> Array:
   """log π(targets) of one micro-batch, as the train step computes it (no gradient needed).
 
   Args:
@@ -107,9 +109,10 @@ def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, p
     params: fp32 master parameters (pure dict); cast to the compute dtype here, like the step does.
     mb: one micro-batch of either layout (fields without the leading M): `tokens`, `positions`,
       `attention_mask`, `targets` [Bm, L] (the shared layout: [Bm, R] responses, plus
-      `prefix_tokens` / `prefix_mask` [Gp, P] and `prefix_index` [Bm]).
+      `prefix_tokens` / `prefix_mask` [Gp, P] and `prefix_index` [Bm] into the batch's prefix rows).
     temperature: logits are divided by it.
     logprob_chunk: positions per chunk of the log-softmax from hidden states (None: full logits).
+    prefix, prefix_mask: shared layout only: the batch's `prefix_states` and their [M * Gp, P] mask.
 
   Returns:
     [Bm, L] float32 log-probs (meaningful where the response mask is True).
@@ -118,7 +121,7 @@ def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, p
   if dtype != jnp.float32:
     params = jax.tree.map(lambda p: p.astype(dtype), params)
   model = nnx.merge(graphdef, nnx.State(params))
-  hidden = policy_hidden(model, mb)
+  hidden = policy_hidden(model, mb, prefix, prefix_mask)
   if logprob_chunk is None:
     logp, _ = upge.token_logprobs(model.logits(hidden), mb.targets, temperature=temperature)
   else:
@@ -176,9 +179,16 @@ class Recompute:
       return self._function(batch)(params, batch)
 
   def _recompute(self, params: dict, batch: MicroBatches) -> MicroBatches:
+    prefix, prefix_mask = None, None
+    if batch.prefix_tokens is not None:  # every prompt of the batch once, as the train step does
+      prefix_tokens, prefix_mask = step_prefixes(batch)
+      dtype = jnp.dtype(self.model_config.dtype)
+      model = nnx.merge(self.graphdef, nnx.State(jax.tree.map(lambda p: p.astype(dtype), params)))
+      prefix = prefix_states(model, prefix_tokens, prefix_mask)
+
     def one(mb):
       return teacher_forced_logprobs(self.model_config, self.graphdef, params, mb, temperature=self.temperature,
-                                     logprob_chunk=self.logprob_chunk)
+                                     logprob_chunk=self.logprob_chunk, prefix=prefix, prefix_mask=prefix_mask)
 
     # Every [M, ...] field, one micro-batch at a time (the scalars have no micro-batch axis).
     logp = jax.lax.map(one, batch._replace(has_old_logp=None, num_questions=None))

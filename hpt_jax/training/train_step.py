@@ -18,8 +18,11 @@ data × fsdp; XLA inserts the reductions, so sums over rows are global across de
 equals the single-device step. Parameters and optimizer state are donated. The master weights are
 fp32; they are cast to the model config's dtype (bf16 on accelerators) inside the loss.
 
-A batch in the shared-prompt layout (`PackConfig(shared_prompts=...)`) runs each micro-batch's
-distinct prompts once (`models.shared_prefix`); everything after the hidden states is the same.
+A batch in the shared-prompt layout (`PackConfig(shared_prompts=...)`) runs each distinct prompt of
+the batch once per step, before the scan (`models.shared_prefix.prefix_states`, under `jax.vjp`); each
+micro-batch's responses attend to their prompts' keys/values, whose cotangents are summed over the
+micro-batches and pulled back through the prompts' forward once after the scan. Same loss and
+gradient as plain rows; everything after the hidden states is the same.
 
 Letters: M micro-batches, Bm rows each, L positions, R virtual ranks (OFFICIAL only).
 """
@@ -42,8 +45,8 @@ from hpt_jax.models import sharding as sharding_lib
 from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training import optimizer as optim_lib
 from hpt_jax.training import state as state_lib
-from hpt_jax.models.shared_prefix import shared_prefix_hidden
-from hpt_jax.training.batching import MicroBatches, real_tokens
+from hpt_jax.models.shared_prefix import PrefixStates, prefix_states, suffix_hidden
+from hpt_jax.training.batching import MicroBatches, real_tokens, step_prefixes
 from hpt_jax.training.state import TrainState
 from hpt_jax.typing import Array
 
@@ -130,13 +133,17 @@ class TrainStep:
                      advantages=advantages, rewards=mb.rewards, is_demo=mb.is_demo, rl_weight=mb.rl_weight,
                      sft_weight=mb.sft_weight, group_size=mb.group_size, num_questions=num_questions)
 
-  def _policy_logprobs(self, params: dict, mb: MicroBatches) -> tuple[Array, Array]:
-    cfg = self.loss_config
+  def _model(self, params: dict):
+    """The policy in the compute dtype, its vocabulary tables gathered."""
     if self._compute_dtype != jnp.float32:
       params = jax.tree.map(lambda p: p.astype(self._compute_dtype), params)
-    params = _gather_vocab_tables(params)
-    model = nnx.merge(self.graphdef, nnx.State(params))
-    hidden = policy_hidden(model, mb)
+    return nnx.merge(self.graphdef, nnx.State(_gather_vocab_tables(params)))
+
+  def _policy_logprobs(self, params: dict, prefix: PrefixStates | None, prefix_mask: Array | None,
+                       mb: MicroBatches) -> tuple[Array, Array]:
+    cfg = self.loss_config
+    model = self._model(params)
+    hidden = policy_hidden(model, mb, prefix, prefix_mask)
     if cfg.logprob_chunk is None:
       return upge.token_logprobs(model.logits(hidden), mb.targets, temperature=cfg.temperature)
     return upge.chunked_token_logprobs(hidden, model.unembedding(), mb.targets, chunk_size=cfg.logprob_chunk,
@@ -152,9 +159,9 @@ class TrainStep:
     per_micro = jax.vmap(one)(_micro_fields(batch), advantages)
     return {k: v.sum() for k, v in per_micro.items()}
 
-  def _micro_loss(self, params, mb, advantages, has_old_logp, num_questions, denominators):
+  def _micro_loss(self, params, prefix, mb, advantages, has_old_logp, num_questions, denominators, prefix_mask):
     cfg = self.loss_config
-    logp, entropy = self._policy_logprobs(params, mb)
+    logp, entropy = self._policy_logprobs(params, prefix, prefix_mask, mb)
     x = self._row_inputs(logp, entropy, mb, advantages, has_old_logp, num_questions)
     # Σ H over response tokens (a metric, every row, no gradient), whatever the bonus coefficient.
     entropy_sum = jnp.where(mb.response_mask, jax.lax.stop_gradient(entropy), 0.0).sum()
@@ -183,24 +190,37 @@ class TrainStep:
         cfg.advantage, given=batch.advantages.reshape(-1), rewards=batch.rewards.reshape(-1),
         group_ids=batch.group_ids.reshape(-1), row_valid=batch.row_valid.reshape(-1)).reshape(m, bm)
     denominators = None if cfg.mode is LossMode.OFFICIAL else self._denominators(batch, advantages)
-    grad_fn = jax.value_and_grad(self._micro_loss, has_aux=True)
+    # Shared prompts: every prompt of the step through every layer once, here; the micro-batches take
+    # the result as an input and return its cotangent, pulled back through `prefix_vjp` after the scan.
+    prefix, prefix_vjp, prefix_mask = None, None, None
+    if batch.prefix_tokens is not None:
+      prefix_tokens, prefix_mask = step_prefixes(batch)
+      prefix, prefix_vjp = jax.vjp(lambda p: prefix_states(self._model(p), prefix_tokens, prefix_mask), params)
+    grad_fn = jax.value_and_grad(self._micro_loss, argnums=(0, 1), has_aux=True)
+    f32_zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), tree)
+    accumulate = lambda acc, g: jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g)
 
     def body(carry, xs):
-      grads_acc, loss_acc, values_acc, metrics_acc, entropy_acc = carry
+      grads_acc, prefix_acc, loss_acc, values_acc, metrics_acc, entropy_acc = carry
       mb, adv = xs
-      (loss, (values, metrics, entropy_sum)), grads = grad_fn(params, mb, adv, batch.has_old_logp,
-                                                              batch.num_questions, denominators)
-      grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
-      return (grads_acc, loss_acc + loss, jax.tree.map(jnp.add, values_acc, values),
-              jax.tree.map(jnp.add, metrics_acc, metrics), entropy_acc + entropy_sum), None
+      (loss, (values, metrics, entropy_sum)), (grads, prefix_grads) = grad_fn(
+          params, prefix, mb, adv, batch.has_old_logp, batch.num_questions, denominators, prefix_mask)
+      return (accumulate(grads_acc, grads), accumulate(prefix_acc, prefix_grads), loss_acc + loss,
+              jax.tree.map(jnp.add, values_acc, values), jax.tree.map(jnp.add, metrics_acc, metrics),
+              entropy_acc + entropy_sum), None
 
     # Shapes of the per-term values/metrics, for zero-initialised carries.
-    _, (values0, metrics0, _) = jax.eval_shape(self._micro_loss, params, _index_micro(batch, 0), advantages[0],
-                                               batch.has_old_logp, batch.num_questions, denominators)
+    _, (values0, metrics0, _) = jax.eval_shape(self._micro_loss, params, prefix, _index_micro(batch, 0),
+                                               advantages[0], batch.has_old_logp, batch.num_questions,
+                                               denominators, prefix_mask)
     zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
-    init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params), jnp.zeros((), jnp.float32),
-            zeros(values0), zeros(metrics0), jnp.zeros((), jnp.float32))
-    (grads, loss, values, metrics, entropy_sum), _ = jax.lax.scan(body, init, (_micro_fields(batch), advantages))
+    init = (f32_zeros(params), f32_zeros(prefix), jnp.zeros((), jnp.float32), zeros(values0), zeros(metrics0),
+            jnp.zeros((), jnp.float32))
+    (grads, prefix_grads, loss, values, metrics, entropy_sum), _ = jax.lax.scan(
+        body, init, (_micro_fields(batch), advantages))
+    if prefix_vjp is not None:
+      (through_prefix,) = prefix_vjp(jax.tree.map(lambda g, x: g.astype(x.dtype), prefix_grads, prefix))
+      grads = accumulate(grads, through_prefix)
     out = {f"loss/{k}": v for k, v in values.items()}
     out |= {f"algo/{k}": v / m for k, v in metrics.items()}  # mean over micro-batches
     out["loss/total"] = loss
@@ -227,18 +247,21 @@ class TrainStep:
     return new_params, new_opt_state, step + 1, metrics
 
 
-def policy_hidden(model, mb: MicroBatches) -> Array:
+def policy_hidden(model, mb: MicroBatches, prefix: PrefixStates | None = None,
+                  prefix_mask: Array | None = None) -> Array:
   """[Bm, T, D] final-norm hidden states, slot t predicting `mb.targets[:, t]`, in either layout.
 
-  Plain rows run the model's causal forward; shared-prompt rows the shared-prefix forward (each
-  distinct prompt once; `hpt_jax.models.shared_prefix`).
+  Plain rows run the model's causal forward. Shared-prompt rows attend to their prompts' states,
+  `prefix` = `prefix_states(model, *step_prefixes(batch))` computed once for the whole batch, with
+  `prefix_mask` its [M * Gp, P] mask (`hpt_jax.models.shared_prefix`).
   """
   if mb.prefix_tokens is None:
     hidden, _ = model(mb.tokens, positions=mb.positions, attention_mask=mb.attention_mask)
     return hidden
-  return shared_prefix_hidden(model, prefix_tokens=mb.prefix_tokens, prefix_mask=mb.prefix_mask,
-                              suffix_tokens=mb.tokens, suffix_mask=mb.attention_mask,
-                              prefix_index=mb.prefix_index)
+  if prefix is None or prefix_mask is None:
+    raise ValueError("policy_hidden: a shared-prompt micro-batch needs the batch's prefix states and mask")
+  return suffix_hidden(model, prefix, prefix_mask=prefix_mask, prefix_index=mb.prefix_index,
+                       suffix_tokens=mb.tokens, suffix_mask=mb.attention_mask)
 
 
 def _gather_vocab_tables(params: dict) -> dict:
