@@ -12,7 +12,7 @@ old log-probs: π_old = stop_gradient(π_θ)).
 Our iteration is `hpt_jax.training.loop._Run.one_step`, the very function `loop.train` calls per step:
 data → sampler (jitted prefill + while-loop decode) → reward pool → gate / routing → Â → pack → jitted
 train step. The update runs the loop's default shared-prompt layout (`batch.shared_prompts`): each
-distinct prompt of a micro-batch is computed once and its rows' responses attend to it (trl computes
+distinct prompt of the batch is computed once per update and its rows' responses attend to it (trl computes
 the prompt in every row: 8 times per question here), with the same loss and gradient as plain
 `prompt ++ response` rows (tests/test_train_loop_shared_prompts.py); `--plain-rows` measures the plain
 rows instead. Two rows are measured:

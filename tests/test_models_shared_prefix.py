@@ -51,9 +51,10 @@ def _plain_at_targets(hidden, sizes):
 
 
 # SAVE_DOTS (the main job's policy) runs the layer under jax.checkpoint; the train-step tests run NONE.
-@pytest.mark.parametrize("remat", [RematPolicy.SAVE_DOTS])
-def test_shared_prefix_equals_plain_forward_and_gradient(remat):
-  config = presets.tiny(**SMALL, remat=remat)
+# scan_layers=False: both passes' layers in a Python loop (the train-step tests run the scan).
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_shared_prefix_equals_plain_forward_and_gradient(scan_layers):
+  config = presets.tiny(**SMALL, remat=RematPolicy.SAVE_DOTS, scan_layers=scan_layers)
   graphdef, params = nnx.split(random_model(config, seed=1, scale=0.2))
   shared, (tokens, positions, mask), sizes = _layouts(np.random.default_rng(0))
   weights = jnp.asarray(np.random.default_rng(1).normal(size=(7, 6, config.hidden_size)), jnp.float32)

@@ -60,23 +60,28 @@ def suffix_positions(prefix_mask: Array, prefix_index: Array, suffix_length: int
   return lengths[:, None] + jnp.arange(suffix_length, dtype=jnp.int32)[None, :]
 
 
-def attention_masks(prefix_mask: Array, suffix_mask: Array, prefix_index: Array) -> tuple[Array, Array]:
-  """The two attention masks of a layer.
+def _causal(n: int) -> Array:
+  return jnp.tril(jnp.ones((n, n), bool))
+
+
+def prefix_attention_mask(prefix_mask: Array) -> Array:
+  """[G, P] bool real prefix slots -> [G, P, P]: causal over the prompt's real slots."""
+  return _causal(prefix_mask.shape[1])[None] & prefix_mask[:, None, :]
+
+
+def suffix_attention_mask(prefix_mask: Array, suffix_mask: Array, prefix_index: Array) -> Array:
+  """The suffix rows' attention mask.
 
   Args:
     prefix_mask: [G, P] bool, real prefix slots.
     suffix_mask: [B, R] bool, real suffix slots.
     prefix_index: [B] int, each suffix row's prefix row.
   Returns:
-    (prefix [G, P, P]: causal over real slots; suffix [B, R, P + R]: the row's prefix's real slots,
-    then causal over the row's real suffix slots).
+    [B, R, P + R]: the row's prefix's real slots, then causal over the row's real suffix slots.
   """
   p, r = prefix_mask.shape[1], suffix_mask.shape[1]
-  causal = lambda n: jnp.tril(jnp.ones((n, n), bool))
-  prefix = causal(p)[None] & prefix_mask[:, None, :]
   own_prefix = jnp.broadcast_to(prefix_mask[prefix_index][:, None, :], (suffix_mask.shape[0], r, p))
-  suffix = jnp.concatenate([own_prefix, causal(r)[None] & suffix_mask[:, None, :]], axis=-1)
-  return prefix, suffix
+  return jnp.concatenate([own_prefix, _causal(r)[None] & suffix_mask[:, None, :]], axis=-1)
 
 
 class PrefixStates(NamedTuple):
@@ -149,7 +154,7 @@ def prefix_states(model: CausalLM, prefix_tokens: Array, prefix_mask: Array) -> 
   prefix_mask = prefix_mask.astype(bool)
   p = prefix_mask.shape[1]
   cos, sin = rope.rope_angles(prefix_positions(prefix_mask), _inverse_frequencies(model.config))
-  mask = jnp.tril(jnp.ones((p, p), bool))[None] & prefix_mask[:, None, :]
+  mask = prefix_attention_mask(prefix_mask)
 
   def layer_fn(layer, x, _):
     q, k, v = _project(layer, x, cos, sin)
@@ -185,7 +190,7 @@ def suffix_hidden(model: CausalLM, prefix: PrefixStates, *, prefix_mask: Array, 
   r = suffix_tokens.shape[1]
   cos, sin = rope.rope_angles(suffix_positions(prefix_mask, prefix_index, r),
                               _inverse_frequencies(model.config))
-  _, mask = attention_masks(prefix_mask, suffix_mask, prefix_index)
+  mask = suffix_attention_mask(prefix_mask, suffix_mask, prefix_index)
 
   def layer_fn(layer, x, prefix_kv):
     q, k, v = _project(layer, x, cos, sin)

@@ -21,8 +21,8 @@ prompt of the whole batch is stored once, in one of the M·Gp prefix slots of `p
 `response_mask` = `attention_mask` = real response slots), with `prefix_index` [M, Bm] naming
 each row's prefix slot in the flattened [M·Gp] rows (`step_prefixes`): the train step runs every
 prompt once per step, whichever micro-batches its rows are in. The loss sees the same log-probs in
-another column order, so every objective is unchanged, except one that takes its constant T from the padded width (`width=None`): that width is R
-here, the prompt + response bucket L in the plain layout. `real_tokens` counts prompt + response tokens
+another column order, so every objective is unchanged, except one that takes its constant T from the
+padded width (`width=None`): that width is R here, the prompt + response bucket L in the plain layout. `real_tokens` counts prompt + response tokens
 per row in both layouts.
 
 Everything is deterministic NumPy; nothing here touches a device.

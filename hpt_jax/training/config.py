@@ -168,7 +168,7 @@ class BatchConfig:
     rows_per_micro_batch: rows per gradient-accumulation micro-batch; divides by the mesh's
       batch size (data × fsdp) and divides rows_per_optimizer_step.
     shared_prompts: train on the shared-prompt layout (`batching.SharedPrompts`): each distinct
-      prompt of a micro-batch is computed once and its rows' responses attend to it, instead of once
+      prompt of the batch is computed once per update and its rows' responses attend to it, instead of once
       per row (n rollouts of a question share it). Same loss and gradients as plain
       `prompt ++ response` rows, for every objective whose Σ/T width is set (the loop's baselines
       set it; `width=None` would take the padded response width here, the row width there).

@@ -8,7 +8,7 @@ One training step (PAPER.md §2.3):
   3. Â is computed over all the step's rows (the phase's estimator), then the rows are cut into
      mini-batches of `batch.rows_per_optimizer_step` (the paper: 2 optimizer steps per 1,024 rows),
      each packed into static [M, Bm, L] micro-batches (by default in the shared-prompt layout: each
-     distinct prompt of a micro-batch once; `pack_config`) and given to the jitted train step. The first
+     distinct prompt of the batch once; `pack_config`) and given to the jitted train step. The first
      mini-batch is exactly on-policy, so its π_old is stop_gradient(π_θ); later ones use the log-probs
      the sampler recorded with the step's starting parameters (no extra forward pass) while the
      sampling policy is the training policy, and a teacher-forced recompute with those parameters

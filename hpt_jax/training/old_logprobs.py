@@ -98,6 +98,14 @@ def should_recompute(choice: OldLogProbs, policies: PolicyPair) -> bool:
   return choice is OldLogProbs.RECOMPUTE or (choice is OldLogProbs.AUTO and bool(reasons or policies.inexact()))
 
 
+def _policy(model_config: ModelConfig, graphdef: nnx.GraphDef, params: dict):
+  """The policy with fp32 master `params` cast to the config's compute dtype, as the train step runs it."""
+  dtype = jnp.dtype(model_config.dtype)
+  if dtype != jnp.float32:
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+  return nnx.merge(graphdef, nnx.State(params))
+
+
 def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, params: dict, mb: MicroBatches,
                             *, temperature: float, logprob_chunk: int | None,
                             prefix: PrefixStates | None = None, prefix_mask: Array | None = None) -> Array:
@@ -117,10 +125,7 @@ def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, p
   Returns:
     [Bm, L] float32 log-probs (meaningful where the response mask is True).
   """
-  dtype = jnp.dtype(model_config.dtype)
-  if dtype != jnp.float32:
-    params = jax.tree.map(lambda p: p.astype(dtype), params)
-  model = nnx.merge(graphdef, nnx.State(params))
+  model = _policy(model_config, graphdef, params)
   hidden = policy_hidden(model, mb, prefix, prefix_mask)
   if logprob_chunk is None:
     logp, _ = upge.token_logprobs(model.logits(hidden), mb.targets, temperature=temperature)
@@ -182,9 +187,7 @@ class Recompute:
     prefix, prefix_mask = None, None
     if batch.prefix_tokens is not None:  # every prompt of the batch once, as the train step does
       prefix_tokens, prefix_mask = step_prefixes(batch)
-      dtype = jnp.dtype(self.model_config.dtype)
-      model = nnx.merge(self.graphdef, nnx.State(jax.tree.map(lambda p: p.astype(dtype), params)))
-      prefix = prefix_states(model, prefix_tokens, prefix_mask)
+      prefix = prefix_states(_policy(self.model_config, self.graphdef, params), prefix_tokens, prefix_mask)
 
     def one(mb):
       return teacher_forced_logprobs(self.model_config, self.graphdef, params, mb, temperature=self.temperature,
