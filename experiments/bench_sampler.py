@@ -12,6 +12,9 @@ The floor analysis at the end: the matmul FLOPs our program performs (`sampler_f
 padded prompt slots and the cache slots attention reads), the float32 matmul rates measured in the same
 run (the decode loop's largest product [B, D] x [D, 2F], and 2048^2), and the ratio over transformers
 that 100 % of the better rate would give: how far the measured ratio can go by faster kernels alone.
+The ceiling line: the same run's dense matmuls (prefill, decode, LM head) back to back in one XLA
+program with nothing else (`dense_chain`), timed in the same rotation: the ratio our sampler would reach
+if attention, RoPE, cache writes and sampling cost nothing, with XLA:CPU's own matmul kernels.
 
   python experiments/bench_sampler.py            # the issue's benchmark
   python experiments/bench_sampler.py --smoke    # a seconds-long version for CI
@@ -109,6 +112,59 @@ def sampler_flops(config: ModelConfig, *, batch: int, prompt_len: int, new_token
     start = end
   return SamplerFlops(prefill=float(prefill), decode=float(decode), lm_head=float(lm_head),
                       attention=float(attention), real_prompt=float(real_prompt))
+
+
+def dense_chain(config: ModelConfig, *, batch: int, new_tokens: int, prefill_rows: int):
+  """The dense matmuls of one `generate` call, back to back in one jitted program, and its inputs.
+
+  The same products in the same order and shapes as `sampler_flops` counts for prefill, decode and the
+  LM head (prefill: every layer on `prefill_rows` rows, the last layer's o/MLP on `batch` rows; then
+  `new_tokens - 1` decode steps of `batch` rows through every layer; the LM head once per response
+  token), joined by a few elementwise ops so that each product feeds the next; no attention, norms,
+  RoPE, cache writes or sampling. Its time is what our sampler would take if all of that were free:
+  the ceiling that XLA:CPU's matmul kernels set on this machine.
+
+  Returns:
+    (jitted fn(weights, x) -> [batch, V], (weights, x [prefill_rows, D])).
+  """
+  d, f, v, layers = (config.hidden_size, config.intermediate_size, config.vocab_size,
+                     config.num_layers)
+  nh, kh = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+  shapes = dict(q=(d, nh), k=(d, kh), v=(d, kh), o=(nh, d), gate_up=(d, 2 * f), down=(f, d))
+  keys = iter(jax.random.split(jax.random.key(0), len(shapes) * layers + 2))
+  init = lambda shape: jax.random.normal(next(keys), shape, jnp.float32) * shape[0] ** -0.5
+  weights = dict(layers=[{name: init(shape) for name, shape in shapes.items()} for _ in range(layers)],
+                 head=init((d, v)))
+  x = jax.random.normal(next(keys), (prefill_rows, d), jnp.float32)
+
+  # The two RMS norms a layer has (without their weights) keep the values finite.
+  norm = lambda x: x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+
+  def layer(w, x, out_rows=None):
+    normed = norm(x)
+    kv = normed @ w["k"] + normed @ w["v"]                     # where the cache write would take them
+    attended = normed @ w["q"] + jnp.tile(kv, (1, nh // kh))  # stands in for attention's output
+    if out_rows is not None:                                   # the prefill's last layer: last slots
+      x, attended = x[:out_rows], attended[:out_rows]
+    x = x + attended @ w["o"]
+    gate_up = norm(x) @ w["gate_up"]
+    return x + (jax.nn.silu(gate_up[:, :f]) * gate_up[:, f:]) @ w["down"]
+
+  def run(weights, x):
+    for i, w in enumerate(weights["layers"]):
+      x = layer(w, x, out_rows=batch if i == layers - 1 else None)
+    logits = x @ weights["head"]
+
+    def step(_, carry):
+      x, logits = carry
+      x = norm(x) + jnp.resize(logits, x.shape)  # stands in for embedding the sampled token
+      for w in weights["layers"]:
+        x = layer(w, x)
+      return x, x @ weights["head"]
+
+    return jax.lax.fori_loop(0, new_tokens - 1, step, (x, logits))[1]  # [batch, V]
+
+  return jax.jit(run), (weights, x)
 
 
 def matmul_rate(m: int, k: int, n: int, *, repeats: int = 20) -> float:
@@ -216,7 +272,15 @@ def main():
   # thread and with torch's default, and compared at its faster setting.
   default_threads = torch.get_num_threads()
   thread_counts = sorted({1, default_threads} if args.torch_threads == 0 else {args.torch_threads})
-  runners = {"ours": run_ours}
+  config = decoder.config
+  prefill_rows = None
+  if args.prefill_granules:
+    mask = left_pad(prompts, length=prompt_bucket, pad_id=PAD)[1]
+    prefill_rows = prefill_tokens(mask, granules=args.prefill_granules)
+  chain, chain_args = dense_chain(config, batch=sequences, new_tokens=new_tokens,
+                                  prefill_rows=prefill_rows or sequences * prompt_bucket)
+  chain(*chain_args).block_until_ready()  # compile
+  runners = {"ours": run_ours, "dense chain": lambda: chain(*chain_args).block_until_ready()}
   for threads in thread_counts:
     runners[threads] = hf_runner(hf, prompts, new_tokens=new_tokens, prompt_len=prompt_bucket,
                                  threads=threads)
@@ -224,6 +288,7 @@ def main():
   medians = time_interleaved(runners, repeats=repeats)
   torch.set_num_threads(default_threads)
   ours, ours_cpu = medians.pop("ours")
+  chain_wall, chain_cpu = medians.pop("dense chain")
   hf_runs = medians
   best_threads = min(hf_runs, key=lambda t: hf_runs[t][0])
   theirs, theirs_cpu = hf_runs[best_threads]
@@ -242,11 +307,6 @@ def main():
   print(f"ratio (ours / transformers): {theirs / ours:.2f}x wall, {theirs_cpu / ours_cpu:.2f}x CPU")
 
   # The floor: our matmul work at the best matmul rate this machine gave in this run.
-  config = decoder.config
-  prefill_rows = None
-  if args.prefill_granules:
-    mask = left_pad(prompts, length=prompt_bucket, pad_id=PAD)[1]
-    prefill_rows = prefill_tokens(mask, granules=args.prefill_granules)
   flops = sampler_flops(config, batch=sequences, prompt_len=prompt_bucket, new_tokens=new_tokens,
                         real_prompt_tokens=sum(map(len, prompts)), decode_phases=decoder.decode_phases,
                         prefill_rows=prefill_rows)
@@ -264,6 +324,12 @@ def main():
         f"of the best)")
   print(f"floor: at 100 % of {peak / 1e9:.1f} GFLOP/s our work takes {floor:.3f} s -> at most "
         f"{theirs / floor:.2f}x transformers ({theirs / floor_real:.2f}x without prompt padding)")
+  # The ceiling XLA:CPU's kernels set: the same dense matmuls with nothing else, timed with the others.
+  print(f"ceiling: our run's dense matmuls alone (prefill, decode, LM head back to back in one program, "
+        f"no attention / RoPE / cache / sampling): {chain_wall:.3f} s wall, {chain_cpu:.3f} s CPU "
+        f"({(flops.total - flops.attention) / chain_wall / 1e9:.1f} GFLOP/s) -> at most "
+        f"{theirs / chain_wall:.2f}x transformers wall, {theirs_cpu / chain_cpu:.2f}x CPU; they are "
+        f"{chain_wall / ours:.0%} of our run's wall time")
 
 
 if __name__ == "__main__":

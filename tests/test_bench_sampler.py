@@ -55,3 +55,33 @@ def test_sampler_flops_match_transformers_generate_linear_flops():
   packed = bench_sampler.sampler_flops(config, prefill_rows=b * p - 4, **kw)
   per_row = config.num_layers * bench_sampler.linear_flops_per_token(config) - last_layer_rest
   assert ours.prefill - packed.prefill == 4 * per_row
+
+
+def _jaxpr_matmul_flops(jaxpr) -> int:
+  """2 x multiply-adds of every dot_general in a jaxpr, a scan's body counted `length` times."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      k = int(np.prod([eqn.invars[0].aval.shape[i] for i in contract]))
+      total += 2 * k * int(np.prod(eqn.outvars[0].aval.shape))
+    for name, sub in eqn.params.items():
+      inner = getattr(sub, "jaxpr", None)
+      if inner is not None:
+        total += _jaxpr_matmul_flops(inner) * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+  return total
+
+
+def test_dense_chain_runs_the_dense_matmuls_the_flop_count_says():
+  """The matmul-only ceiling program performs exactly the prefill + decode + LM-head FLOPs of a run."""
+  cfg = bench_sampler.hf_config(smoke=True)
+  config = ModelConfig.from_hf_config(cfg.to_dict())
+  b, p, t, rows = 4, 6, 5, 18
+  fn, args = bench_sampler.dense_chain(config, batch=b, new_tokens=t, prefill_rows=rows)
+  import jax  # noqa: PLC0415  (the module's other tests need no jax)
+  counted = _jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+  flops = bench_sampler.sampler_flops(config, batch=b, prompt_len=p, new_tokens=t, real_prompt_tokens=rows,
+                                      decode_phases=1, prefill_rows=rows)
+  assert counted == flops.prefill + flops.decode + flops.lm_head
+  out = fn(*args)
+  assert out.shape == (b, config.vocab_size) and bool(np.isfinite(np.asarray(out)).all())
