@@ -1,16 +1,16 @@
-"""The loop run by each `RewardPool` worker process (module kept small so the forkserver preloads it).
+"""The loop run by each `RewardPool` worker process.
 
-Importing this module pulls in sympy and math-verify, so forked workers do not import them again. Each
-worker then grades one throw-away answer before it says READY: math-verify builds its parsers lazily on
-first use, which on a loaded machine can take longer than a per-answer timeout.
+The pool's forkserver preloads `rewards._preload` (sympy and math-verify), so forked workers do not
+import them again; this module itself imports neither, so the pool's owner (which pickles `serve` by
+reference) does not hold them. Each worker grades one throw-away answer before it says READY:
+math-verify builds its parsers lazily on first use, which on a loaded machine can take longer than a
+per-answer timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-
-import math_verify  # noqa: F401 -- preloaded on purpose (see module docstring).
 
 from hpt_jax.rewards.verifier import Variant, Verdict, verdict
 

@@ -28,7 +28,7 @@ import numpy as np
 from hpt_jax.rewards import _worker
 from hpt_jax.rewards.verifier import GroundTruth, Variant, Verdict, verdict, ground_truth_list
 
-_PRELOAD = ["hpt_jax.rewards._worker"]
+_PRELOAD = ["hpt_jax.rewards._preload"]
 _MAX_STARTUP_FAILURES = 3
 
 

@@ -11,14 +11,14 @@ else is equal when `sympy.simplify(gt - given) == 0`, but only for expressions t
 Differences from PRM800K, all deliberate: the LaTeX → text step is our own small converter
 (`latex_to_plain`, no pylatexenc), tuple splitting tracks bracket depth instead of refusing nested
 brackets, and `pi` is not counted as two unknown letters.
+
+sympy is imported where it is first used, not with this module: a trainer whose answers are graded in
+`RewardPool` workers (whose server preloads it, `rewards._preload`) never holds its ~40 MiB.
 """
 
 from __future__ import annotations
 
 import re
-
-import sympy
-from sympy.parsing import sympy_parser
 
 from hpt_jax.rewards.extract import matching_brace
 
@@ -199,6 +199,8 @@ def allow_sympy(expr: str) -> bool:
 
 
 def _sympy_parse(expr: str):
+  from sympy.parsing import sympy_parser  # noqa: PLC0415 -- heavy; see the module docstring.
+
   transformations = sympy_parser.standard_transformations + (
       sympy_parser.implicit_multiplication_application,)
   return sympy_parser.parse_expr(expr.replace("^", "**"), transformations=transformations, evaluate=True)
@@ -209,6 +211,8 @@ def sympy_equal_plain(gt: str, given: str) -> bool:
   diff = f"({gt})-({given})"
   if not allow_sympy(diff):
     return False
+  import sympy  # noqa: PLC0415 -- heavy; see the module docstring.
+
   try:
     return sympy.simplify(_sympy_parse(diff)) == 0
   except Exception:  # noqa: BLE001 -- any parse/eval failure means "not shown equal".
