@@ -86,6 +86,7 @@ class Workload:
   remat: str = "save_dots"  # ours: the train step's RematPolicy (the main job's; "none" keeps everything)
   torch_threads: int = 0  # trl: torch intra-op threads; 0 = torch's default (one per core)
   shared_prompts: bool = True  # ours: the loop's shared-prompt layout (False: plain prompt ++ response rows)
+  response_granules: int = 0  # ours: batch.response_granules (0: the update computes every response slot)
 
   @property
   def rows(self) -> int:
@@ -184,7 +185,8 @@ def our_config(w: Workload, paths: dict[str, str]):
                                 response_buckets=(w.new_tokens,)),
       gate=c.GateConfig(gamma_count=0),
       batch=c.BatchConfig(prompts_per_step=w.prompts, rows_per_optimizer_step=w.rows,
-                          rows_per_micro_batch=min(w.micro_rows, w.rows), shared_prompts=w.shared_prompts),
+                          rows_per_micro_batch=min(w.micro_rows, w.rows), shared_prompts=w.shared_prompts,
+                          response_granules=w.response_granules),
       optim=c.OptimConfig(learning_rate=1e-6, weight_decay=0.0, skip_above_norm=None),
       phases=(c.Phase(loss=loss, rows=rows, steps=w.iters),),
       validation=c.ValidationConfig(every_steps=0, num_problems=_HELD_OUT),
@@ -638,6 +640,11 @@ def main():
   parser.add_argument("--plain-rows", action="store_true",
                       help="ours: plain prompt ++ response rows in the update (default: each distinct prompt "
                       "once per micro-batch, the loop's batch.shared_prompts)")
+  parser.add_argument("--new-tokens", type=int, default=64,
+                      help="the base workload's response length (the issue's is 64; the scaling sweep is fixed)")
+  parser.add_argument("--response-granules", type=int, default=0,
+                      help="ours: batch.response_granules (the update's per-token work on real response "
+                      "tokens, in k/g of a micro-batch's slots; 0 = every slot)")
   parser.add_argument("--no-separate-trl", action="store_true",
                       help="trl only interleaved with ours (no run of its own, so no trl peak RSS)")
   parser.add_argument("--json", type=pathlib.Path, help="also write all results here")
@@ -662,7 +669,8 @@ def main():
                                " --xla_llvm_disable_expensive_passes=true").strip()
   else:
     base = Workload(iters=args.iters, cpu_devices=args.cpu_devices, logprob_chunk=args.logprob_chunk,
-                    torch_threads=args.torch_threads, remat=args.remat, shared_prompts=not args.plain_rows)
+                    torch_threads=args.torch_threads, remat=args.remat, shared_prompts=not args.plain_rows,
+                    response_granules=args.response_granules, new_tokens=args.new_tokens)
     size, timeout = ModelSize(), 1800
     token_sweep, rollout_sweep = (64, 128, 256, 512), (4, 8, 16)
   root = pathlib.Path(tempfile.mkdtemp(prefix="bench_iteration_"))

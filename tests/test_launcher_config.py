@@ -82,6 +82,8 @@ def test_two_phase_config_steps_map_to_phases(tiny):
     (("gate.gamma_fraction=0.25",), "gate"),
     (("phases.0.steps=-1",), "phases.0.steps"),
     (("optim.nonexistent=1",), "optim.nonexistent"),
+    (("batch.response_granules=-1",), "batch.response_granules"),
+    (("mesh.data=2", "batch.response_granules=4"), "batch.response_granules"),
 ])
 def test_impossible_configurations_are_refused_naming_the_field(tiny, overrides, field):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -102,3 +102,15 @@ def test_each_phase_packs_its_layout():
   off = dataclasses.replace(config, batch=dataclasses.replace(config.batch, shared_prompts=False))
   assert loop.pack_config(off, config.phases[0], pad_id=0).shared_prompts is None
   assert loop.pack_config(off, config.phases[0], pad_id=0).length_buckets == (48,)
+
+
+def test_response_granules_reach_every_phase_step(tmp_path):
+  """`batch.response_granules` configures the steps the loop trains with (the packed step itself is
+  checked against the unpacked one in test_train_step_shared_prompts.py)."""
+  base = fx.tiny_config(tmp_path / "builtin", mesh=MeshConfig(data=1))
+  config = dataclasses.replace(base, batch=dataclasses.replace(base.batch, response_granules=3))
+  run = loop._Run(config, tmp_path / "run", None)
+  try:
+    assert [s.response_granules for s in run.steps] == [3] * len(config.phases)
+  finally:
+    run.data.close()

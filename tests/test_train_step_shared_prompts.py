@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from hpt_jax import hybrid, models, upge
 from hpt_jax.hybrid.objective import LossConfig, LossMode
 from hpt_jax.training import batching, mesh as mesh_lib, optimizer as optim_lib, state as state_lib
+from hpt_jax.training import train_step as train_step_lib
 from hpt_jax.training.train_step import TrainStep
 
 T_CONST = 16
@@ -118,3 +119,37 @@ def test_shared_layout_sharded_step_equals_single_device():
       np.testing.assert_allclose(out[other][1][key], out["one"][1][key], rtol=1e-5, err_msg=f"{other} {key}")
     for x, y in zip(jax.tree.leaves(out[other][0]), jax.tree.leaves(out["one"][0])):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-5)
+
+
+def test_packed_responses_step_equals_unpacked():
+  """response_granules: each micro-batch's per-token work on its real response tokens only, in the
+  smallest of g capacities that holds them; same loss, gradients and metrics as every slot. Official
+  mode reads every per-token output (per-rank normalisers, SFT, entropy, chunked log-probs); the
+  packing changes only the hidden states, which the other objectives read the same way."""
+  loss = LossConfig(algorithm=upge.HptRl(width=T_CONST), entropy_coeff=0.001, logprob_chunk=8, official_ranks=2)
+  rows = _rows(seed=5, q=6, n=3)
+  _, shared = _packs(rows, bm=4, multiple=4)
+  granules = 4
+  m, bm, r = shared.tokens.shape
+  capacities = train_step_lib.packed_capacities(bm * r, granules)
+  assert capacities == (8, 16, 24, 32)
+  real = np.asarray(shared.attention_mask).reshape(m, -1).sum(-1)
+  chosen = [capacities[train_step_lib.packed_branch(capacities, n)] for n in real]
+  assert all(c >= n for c, n in zip(chosen, real)) and len(set(chosen)) > 1 and min(chosen) < bm * r
+  params = state_lib.create_train_state(CFG, optim_lib.make_optimizer(optim_lib.OptimConfig()), seed=0).params
+  step = lambda g: TrainStep(CFG, loss=loss, optimizer=optim_lib.make_optimizer(optim_lib.OptimConfig()),
+                             response_granules=g)
+  loss_u, grads_u, metrics_u = step(0).loss_and_grads(params, shared)
+  loss_p, grads_p, metrics_p = step(granules).loss_and_grads(params, shared)
+  np.testing.assert_allclose(float(loss_p), float(loss_u), rtol=1e-5)
+  _assert_trees_close(grads_p, grads_u, rel=1e-5)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads_u)) > 1e-3
+  for key, value in metrics_u.items():
+    np.testing.assert_allclose(float(metrics_p[key]), float(value), rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_packed_responses_refuse_a_split_batch():
+  mesh = mesh_lib.MeshConfig(data=2, fsdp=1, tensor=4).build()
+  with pytest.raises(ValueError, match="response_granules"):
+    TrainStep(CFG, loss=LossConfig(algorithm=upge.Grpo(), mode=LossMode.GLOBAL, sft=False),
+              optimizer=optim_lib.make_optimizer(optim_lib.OptimConfig()), mesh=mesh, response_granules=2)

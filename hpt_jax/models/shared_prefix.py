@@ -42,6 +42,7 @@ from flax import nnx
 from hpt_jax.models import rope
 from hpt_jax.models.attention import attend
 from hpt_jax.models.config import RematPolicy
+from hpt_jax.models.packed_prefill import packed_indices, slot_rows
 from hpt_jax.models.sharding import constrain
 from hpt_jax.models.transformer import CausalLM, DecoderLayer, apply_layers
 from hpt_jax.typing import Array
@@ -170,8 +171,15 @@ def prefix_states(model: CausalLM, prefix_tokens: Array, prefix_mask: Array) -> 
 
 
 def suffix_hidden(model: CausalLM, prefix: PrefixStates, *, prefix_mask: Array, prefix_index: Array,
-                  suffix_tokens: Array, suffix_mask: Array) -> Array:
+                  suffix_tokens: Array, suffix_mask: Array, packed_tokens: int | None = None) -> Array:
   """Final-norm hidden states that predict each suffix token, the prompts' work given.
+
+  With `packed_tokens` C, every layer's per-token work (norms, projections, RoPE, MLP) runs on the
+  suffix's real tokens gathered into C rows instead of on all B·R slots; attention alone runs in the
+  padded [B, R] layout (queries, keys and values scattered back, padded slots zero: no real query
+  reads them). Responses that end early then cost their real tokens only, up to the rounding of C.
+  Same result as the padded pass up to float rounding on every real slot; a padded slot's state is the
+  final norm of zero. Unsharded batches only (the gather crosses rows).
 
   Args:
     model: the policy.
@@ -180,6 +188,8 @@ def suffix_hidden(model: CausalLM, prefix: PrefixStates, *, prefix_mask: Array, 
     prefix_index: [B] int32 in [0, G), the prefix row of each suffix row.
     suffix_tokens: [B, R] int32 responses, left-aligned (slot t is response token t).
     suffix_mask: [B, R] bool, True on real response tokens (all False on padding rows).
+    packed_tokens: C >= the number of True entries of `suffix_mask` (static; fewer would silently
+      drop tokens, so the caller picks C from the count, see `train_step`), or None for the padded pass.
   Returns:
     [B, R, D]: row b, slot t is the hidden state whose logits predict `suffix_tokens[b, t]`.
   """
@@ -187,22 +197,34 @@ def suffix_hidden(model: CausalLM, prefix: PrefixStates, *, prefix_mask: Array, 
   chex.assert_equal_shape([suffix_tokens, suffix_mask])
   chex.assert_equal_shape_prefix([suffix_tokens, prefix_index], 1)
   prefix_mask, suffix_mask = prefix_mask.astype(bool), suffix_mask.astype(bool)
-  r = suffix_tokens.shape[1]
-  cos, sin = rope.rope_angles(suffix_positions(prefix_mask, prefix_index, r),
-                              _inverse_frequencies(model.config))
+  b, r = suffix_tokens.shape
+  positions = suffix_positions(prefix_mask, prefix_index, r)
   mask = suffix_attention_mask(prefix_mask, suffix_mask, prefix_index)
+  if packed_tokens is None:
+    pack = unpack = lambda y: y
+  else:
+    if not 0 < packed_tokens <= b * r:
+      raise ValueError(f"suffix_hidden: packed_tokens must be in [1, {b * r}], got {packed_tokens}")
+    idx, _ = packed_indices(suffix_mask, packed_tokens)
+    slots = slot_rows(suffix_mask, packed_tokens)
+    # [B, R, ...] -> [1, C, ...]: the real slots in row-major order (then filler copies of slot 0,
+    # whose outputs nothing reads). [1, C, ...] -> [B, R, ...]: a gather per slot, padded slots 0.
+    pack = lambda y: y.reshape((b * r,) + y.shape[2:])[idx][None]
+    unpack = lambda y: jnp.take(y[0], slots, axis=0, mode="fill", fill_value=0).reshape((b, r) + y.shape[2:])
+  cos, sin = rope.rope_angles(pack(positions), _inverse_frequencies(model.config))
 
   def layer_fn(layer, x, prefix_kv):
-    q, k, v = _project(layer, x, cos, sin)
+    q, k, v = (unpack(y) for y in _project(layer, x, cos, sin))
     # Each row reads its prefix's keys/values (a gather; its gradient sums over the rows).
     keys = jnp.concatenate([prefix_kv[0][prefix_index], k], axis=1)            # [B, P + R, K, H]
     values = jnp.concatenate([prefix_kv[1][prefix_index], v], axis=1)
     out = attend(q, keys, values, mask, query_chunk=layer.self_attn.query_chunk)
-    return _finish(layer, x, out), None
+    return _finish(layer, x, pack(out)), None
 
   body, layer_state = _per_layer(model, layer_fn)
-  xs, _ = apply_layers(body, _embed(model, suffix_tokens), (layer_state, (prefix.keys, prefix.values)),
+  xs, _ = apply_layers(body, _embed(model, pack(suffix_tokens)), (layer_state, (prefix.keys, prefix.values)),
                        scan=model.config.scan_layers)
+  xs = unpack(xs)
   # Slot t predicts token t + 1; the first response token is predicted by the prompt's last token.
   first = prefix.last[prefix_index][:, None]                                    # [B, 1, D]
   hidden = jnp.concatenate([first.astype(xs.dtype), xs[:, :r - 1]], axis=1)

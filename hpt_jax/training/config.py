@@ -174,11 +174,17 @@ class BatchConfig:
       set it; `width=None` would take the padded response width here, the row width there).
       Phases of demonstrations only (`RowSource.DEMOS`, one row per question) keep the plain rows.
       `--set batch.shared_prompts=false` turns it off.
+    response_granules: g > 0 runs each shared-prompt micro-batch's per-token work on its real
+      response tokens only, packed into the smallest of k/g of its slots that holds them (`TrainStep`:
+      g compiled branches, one picked per micro-batch at run time, so no recompilation): responses
+      that end early stop costing their padded slots. Same loss and gradients. 0 (default) computes
+      every slot; it needs an unsplit batch (mesh data × fsdp = 1).
   """
   prompts_per_step: int = 128
   rows_per_optimizer_step: int = 512
   rows_per_micro_batch: int = 64
   shared_prompts: bool = True
+  response_granules: int = 0
 
 
 @_section
@@ -415,6 +421,13 @@ def validate(config: TrainConfig, *, num_devices: int) -> ModelConfig:
     raise ConfigError(
         f"batch.rows_per_optimizer_step={batch.rows_per_optimizer_step} is not a multiple of "
         f"batch.rows_per_micro_batch={batch.rows_per_micro_batch}")
+  if batch.response_granules < 0:
+    raise ConfigError(f"batch.response_granules must be >= 0, got {batch.response_granules}")
+  if batch.response_granules and batch_shards > 1:
+    raise ConfigError(
+        f"batch.response_granules={batch.response_granules} packs responses across the rows of a "
+        f"micro-batch, which needs the rows on one device; the mesh splits them over data × fsdp = "
+        f"{batch_shards} (set batch.response_granules=0 on this mesh)")
   rollout_rows = batch.prompts_per_step * sampling.rollouts_per_prompt
   if rollout_rows % batch_shards:
     raise ConfigError(

@@ -156,10 +156,11 @@ def _recompute(model_config, temperature: float, logprob_chunk: int | None, mesh
 
 
 @functools.lru_cache(maxsize=16)
-def _train_step(model_config, loss, optim: OptimConfig, mesh) -> TrainStep:
-  """One TrainStep per (model, loss, optimizer, mesh) in a process, so that its compiled programs
-  are reused by later `train` calls (a resume in the same process, tests, sweeps)."""
-  return TrainStep(model_config, loss=loss, optimizer=make_optimizer(optim), mesh=mesh)
+def _train_step(model_config, loss, optim: OptimConfig, mesh, response_granules: int = 0) -> TrainStep:
+  """One TrainStep per (model, loss, optimizer, mesh, packing) in a process, so that its compiled
+  programs are reused by later `train` calls (a resume in the same process, tests, sweeps)."""
+  return TrainStep(model_config, loss=loss, optimizer=make_optimizer(optim), mesh=mesh,
+                   response_granules=response_granules)
 
 
 class _Run:
@@ -202,7 +203,7 @@ class _Run:
     # One compiled step per phase; the loop hands it advantages computed over the whole step.
     self.steps = [_train_step(self.model_config,
                               dataclasses.replace(p.loss, advantage=AdvantageEstimator.GIVEN),
-                              config.optim, self.mesh) for p in config.phases]
+                              config.optim, self.mesh, config.batch.response_granules) for p in config.phases]
     self.optimizer = self.steps[0].optimizer
     # Per phase: the π_old recompute pass, or None where the sampler's log-probs are π_old.
     self.recompute = [

@@ -29,10 +29,12 @@ Letters: M micro-batches, Bm rows each, L positions, R virtual ranks (OFFICIAL o
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -65,14 +67,27 @@ class TrainStep:
     optimizer: an optax transformation wrapped by `optimizer.skip_bad_updates` (e.g.
       `make_optimizer(OptimConfig())`), whose state exposes `last_grad_norm` / `num_skipped`.
     mesh: a data × fsdp × tensor mesh, or None for the default device.
+    response_granules: g > 0 packs each shared-prompt micro-batch's real response tokens for the
+      model's per-token work (`shared_prefix.suffix_hidden(packed_tokens=)`), in C = k/g of its Bm·R
+      slots with the smallest sufficient k, chosen per micro-batch at run time by `lax.switch` over g
+      compiled branches: responses that end early stop costing their padded slots, and no batch
+      recompiles (the price is g copies of the micro-batch program, i.e. compile time). Same loss and
+      gradients. 0 (default) runs every slot. Plain-row batches are never packed; the batch must not
+      be split over devices (the mesh's data × fsdp size must be 1).
   """
 
   def __init__(self, model_config: ModelConfig, *, loss: LossConfig, optimizer: optax.GradientTransformation,
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, response_granules: int = 0):
+    if response_granules < 0:
+      raise ValueError(f"response_granules must be >= 0, got {response_granules}")
+    if response_granules and mesh is not None and mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1) > 1:
+      raise ValueError(f"response_granules={response_granules} needs an unsplit batch, but the mesh splits "
+                       f"rows over data x fsdp = {dict(mesh.shape)}; set it to 0 on this mesh")
     self.model_config = model_config
     self.loss_config = loss
     self.optimizer = optimizer
     self.mesh = mesh
+    self.response_granules = response_granules
     self.graphdef = state_lib.model_graphdef(model_config)
     self._compute_dtype = jnp.dtype(model_config.dtype)
     # Jitted (grads, step) per batch layout (plain / shared-prompt): the layouts are different pytrees.
@@ -140,10 +155,10 @@ class TrainStep:
     return nnx.merge(self.graphdef, nnx.State(_gather_vocab_tables(params)))
 
   def _policy_logprobs(self, params: dict, prefix: PrefixStates | None, prefix_mask: Array | None,
-                       mb: MicroBatches) -> tuple[Array, Array]:
+                       mb: MicroBatches, packed_tokens: int | None = None) -> tuple[Array, Array]:
     cfg = self.loss_config
     model = self._model(params)
-    hidden = policy_hidden(model, mb, prefix, prefix_mask)
+    hidden = policy_hidden(model, mb, prefix, prefix_mask, packed_tokens=packed_tokens)
     if cfg.logprob_chunk is None:
       return upge.token_logprobs(model.logits(hidden), mb.targets, temperature=cfg.temperature)
     return upge.chunked_token_logprobs(hidden, model.unembedding(), mb.targets, chunk_size=cfg.logprob_chunk,
@@ -159,9 +174,10 @@ class TrainStep:
     per_micro = jax.vmap(one)(_micro_fields(batch), advantages)
     return {k: v.sum() for k, v in per_micro.items()}
 
-  def _micro_loss(self, params, prefix, mb, advantages, has_old_logp, num_questions, denominators, prefix_mask):
+  def _micro_loss(self, params, prefix, mb, advantages, has_old_logp, num_questions, denominators, prefix_mask,
+                  packed_tokens=None):
     cfg = self.loss_config
-    logp, entropy = self._policy_logprobs(params, prefix, prefix_mask, mb)
+    logp, entropy = self._policy_logprobs(params, prefix, prefix_mask, mb, packed_tokens)
     x = self._row_inputs(logp, entropy, mb, advantages, has_old_logp, num_questions)
     # Σ H over response tokens (a metric, every row, no gradient), whatever the bonus coefficient.
     entropy_sum = jnp.where(mb.response_mask, jax.lax.stop_gradient(entropy), 0.0).sum()
@@ -196,7 +212,7 @@ class TrainStep:
     if batch.prefix_tokens is not None:
       prefix_tokens, prefix_mask = step_prefixes(batch)
       prefix, prefix_vjp = jax.vjp(lambda p: prefix_states(self._model(p), prefix_tokens, prefix_mask), params)
-    grad_fn = jax.value_and_grad(self._micro_loss, argnums=(0, 1), has_aux=True)
+    grad_fn = _micro_grad_fn(self._micro_loss, self._capacities(batch))
     f32_zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), tree)
     accumulate = lambda acc, g: jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g)
 
@@ -232,6 +248,12 @@ class TrainStep:
     out["batch/rows"] = batch.row_valid.sum()
     return loss, grads, out
 
+  def _capacities(self, batch: MicroBatches) -> tuple[int, ...] | None:
+    """The packed capacities C a shared-prompt micro-batch may run with (None: not packed)."""
+    if not self.response_granules or batch.prefix_tokens is None:
+      return None
+    return packed_capacities(batch.tokens.shape[1] * batch.tokens.shape[2], self.response_granules)
+
   def _update(self, params, opt_state, step, batch):
     loss, grads, metrics = self._loss_and_grads(params, batch)
     # The update's real tokens (prompt + response, padding excluded: what the loop counts for its
@@ -247,13 +269,48 @@ class TrainStep:
     return new_params, new_opt_state, step + 1, metrics
 
 
+def _micro_grad_fn(micro_loss, capacities: tuple[int, ...] | None):
+  """`f(*args) -> ((loss, aux), (grads, prefix grads))` of one micro-batch.
+
+  Unpacked (`capacities` None): `value_and_grad` of `micro_loss` over every slot. Packed: one branch
+  per capacity, `lax.switch` runs the smallest one that holds the micro-batch's real response tokens
+  (`packed_capacity`).
+  """
+  def grads_at(packed_tokens):
+    return jax.value_and_grad(functools.partial(micro_loss, packed_tokens=packed_tokens), argnums=(0, 1),
+                              has_aux=True)
+
+  if capacities is None:
+    return grads_at(None)
+  # The largest capacity is every slot: that branch runs unpacked (no gathers).
+  branches = [grads_at(c) for c in capacities[:-1]] + [grads_at(None)]
+
+  def packed(params, prefix, mb, *rest):
+    real = jnp.sum(mb.attention_mask, dtype=jnp.int32)
+    return jax.lax.switch(packed_branch(capacities, real), branches, params, prefix, mb, *rest)
+  return packed
+
+
+def packed_branch(capacities: tuple[int, ...], real_tokens):
+  """The index of the first (smallest) capacity >= `real_tokens` (works on NumPy and JAX values)."""
+  xp = jnp if isinstance(real_tokens, jax.Array) else np
+  return xp.searchsorted(xp.asarray(capacities), real_tokens)
+
+
+def packed_capacities(slots: int, granules: int) -> tuple[int, ...]:
+  """The capacities k/g of a micro-batch's `slots` = Bm·R response slots, k = 1..g (rounded up)."""
+  size = -(-slots // granules)
+  return tuple(sorted({min(slots, size * k) for k in range(1, granules + 1)}))
+
+
 def policy_hidden(model, mb: MicroBatches, prefix: PrefixStates | None = None,
-                  prefix_mask: Array | None = None) -> Array:
+                  prefix_mask: Array | None = None, *, packed_tokens: int | None = None) -> Array:
   """[Bm, T, D] final-norm hidden states, slot t predicting `mb.targets[:, t]`, in either layout.
 
   Plain rows run the model's causal forward. Shared-prompt rows attend to their prompts' states,
   `prefix` = `prefix_states(model, *step_prefixes(batch))` computed once for the whole batch, with
-  `prefix_mask` its [M * Gp, P] mask (`hpt_jax.models.shared_prefix`).
+  `prefix_mask` its [M * Gp, P] mask (`hpt_jax.models.shared_prefix`); `packed_tokens` C runs their
+  per-token work on the real response tokens packed into C rows (`suffix_hidden`).
   """
   if mb.prefix_tokens is None:
     hidden, _ = model(mb.tokens, positions=mb.positions, attention_mask=mb.attention_mask)
@@ -261,7 +318,7 @@ def policy_hidden(model, mb: MicroBatches, prefix: PrefixStates | None = None,
   if prefix is None or prefix_mask is None:
     raise ValueError("policy_hidden: a shared-prompt micro-batch needs the batch's prefix states and mask")
   return suffix_hidden(model, prefix, prefix_mask=prefix_mask, prefix_index=mb.prefix_index,
-                       suffix_tokens=mb.tokens, suffix_mask=mb.attention_mask)
+                       suffix_tokens=mb.tokens, suffix_mask=mb.attention_mask, packed_tokens=packed_tokens)
 
 
 def _gather_vocab_tables(params: dict) -> dict:
@@ -307,8 +364,8 @@ def _index_micro(batch: MicroBatches, i: int) -> MicroBatches:
 
 
 def make_train_step(model_config: ModelConfig, *, loss: LossConfig, optimizer: optax.GradientTransformation,
-                    mesh: Mesh | None = None) -> TrainStep:
-  return TrainStep(model_config, loss=loss, optimizer=optimizer, mesh=mesh)
+                    mesh: Mesh | None = None, response_granules: int = 0) -> TrainStep:
+  return TrainStep(model_config, loss=loss, optimizer=optimizer, mesh=mesh, response_granules=response_granules)
 
 
 def metrics_to_host(metrics: dict[str, Any]) -> dict[str, float]:
