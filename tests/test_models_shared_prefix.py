@@ -52,15 +52,17 @@ def _plain_at_targets(hidden, sizes):
 
 # SAVE_DOTS (the main job's policy) runs the layer under jax.checkpoint; the train-step tests run NONE.
 # scan_layers=False: both passes' layers in a Python loop (the train-step tests run the scan).
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_shared_prefix_equals_plain_forward_and_gradient(scan_layers):
+# packed_tokens=21: the responses' per-token work on exactly their 21 real tokens (of 7 x 6 slots).
+@pytest.mark.parametrize("scan_layers, packed_tokens", [(True, None), (False, None), (True, 21)])
+def test_shared_prefix_equals_plain_forward_and_gradient(scan_layers, packed_tokens):
   config = presets.tiny(**SMALL, remat=RematPolicy.SAVE_DOTS, scan_layers=scan_layers)
   graphdef, params = nnx.split(random_model(config, seed=1, scale=0.2))
   shared, (tokens, positions, mask), sizes = _layouts(np.random.default_rng(0))
+  assert int(shared["suffix_mask"].sum()) == 21
   weights = jnp.asarray(np.random.default_rng(1).normal(size=(7, 6, config.hidden_size)), jnp.float32)
 
   def shared_loss(params):
-    hidden = shared_prefix_hidden(nnx.merge(graphdef, params), **shared)
+    hidden = shared_prefix_hidden(nnx.merge(graphdef, params), **shared, packed_tokens=packed_tokens)
     logp = jax.nn.log_softmax(nnx.merge(graphdef, params).logits(hidden))
     picked = jnp.take_along_axis(logp, shared["suffix_tokens"][..., None], axis=-1)[..., 0]
     return jnp.sum(jnp.where(shared["suffix_mask"], picked, 0.0)) + jnp.sum(

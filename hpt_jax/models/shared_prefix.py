@@ -232,7 +232,7 @@ def suffix_hidden(model: CausalLM, prefix: PrefixStates, *, prefix_mask: Array, 
 
 
 def shared_prefix_hidden(model: CausalLM, *, prefix_tokens: Array, prefix_mask: Array, suffix_tokens: Array,
-                         suffix_mask: Array, prefix_index: Array) -> Array:
+                         suffix_mask: Array, prefix_index: Array, packed_tokens: int | None = None) -> Array:
   """`suffix_hidden` after `prefix_states`: the whole shared-prompt forward of one batch.
 
   Args:
@@ -243,9 +243,10 @@ def shared_prefix_hidden(model: CausalLM, *, prefix_tokens: Array, prefix_mask: 
     suffix_tokens: [B, R] int32 responses, left-aligned (slot t is response token t).
     suffix_mask: [B, R] bool, True on real response tokens (all False on padding rows).
     prefix_index: [B] int32 in [0, G), the prefix row of each suffix row.
+    packed_tokens: as in `suffix_hidden`.
   Returns:
     [B, R, D]: row b, slot t is the hidden state whose logits predict `suffix_tokens[b, t]`.
   """
   prefix = prefix_states(model, prefix_tokens, prefix_mask)
   return suffix_hidden(model, prefix, prefix_mask=prefix_mask, prefix_index=prefix_index,
-                       suffix_tokens=suffix_tokens, suffix_mask=suffix_mask)
+                       suffix_tokens=suffix_tokens, suffix_mask=suffix_mask, packed_tokens=packed_tokens)
