@@ -129,10 +129,10 @@ def test_packed_responses_step_equals_unpacked():
   loss = LossConfig(algorithm=upge.HptRl(width=T_CONST), entropy_coeff=0.001, logprob_chunk=8, official_ranks=2)
   rows = _rows(seed=5, q=6, n=3)
   _, shared = _packs(rows, bm=4, multiple=4)
-  granules = 4
+  granules = 2  # 2 branches: compile time is the test's cost
   m, bm, r = shared.tokens.shape
   capacities = train_step_lib.packed_capacities(bm * r, granules)
-  assert capacities == (8, 16, 24, 32)
+  assert capacities == (16, 32)
   real = np.asarray(shared.attention_mask).reshape(m, -1).sum(-1)
   chosen = [capacities[train_step_lib.packed_branch(capacities, n)] for n in real]
   assert all(c >= n for c, n in zip(chosen, real)) and len(set(chosen)) > 1 and min(chosen) < bm * r
