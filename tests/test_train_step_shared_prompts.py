@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from hpt_jax import hybrid, models, upge
 from hpt_jax.hybrid.objective import LossConfig, LossMode
 from hpt_jax.training import batching, mesh as mesh_lib, optimizer as optim_lib, state as state_lib
-from hpt_jax.training import train_step as train_step_lib
+from hpt_jax.training import response_packing
+from hpt_jax.training.old_logprobs import Recompute
 from hpt_jax.training.train_step import TrainStep
 
 T_CONST = 16
@@ -131,10 +132,10 @@ def test_packed_responses_step_equals_unpacked():
   _, shared = _packs(rows, bm=4, multiple=4)
   granules = 2  # 2 branches: compile time is the test's cost
   m, bm, r = shared.tokens.shape
-  capacities = train_step_lib.packed_capacities(bm * r, granules)
+  capacities = response_packing.capacities(bm * r, granules)
   assert capacities == (16, 32)
   real = np.asarray(shared.attention_mask).reshape(m, -1).sum(-1)
-  chosen = [capacities[train_step_lib.packed_branch(capacities, n)] for n in real]
+  chosen = [capacities[response_packing.branch(capacities, n)] for n in real]
   assert all(c >= n for c, n in zip(chosen, real)) and len(set(chosen)) > 1 and min(chosen) < bm * r
   params = state_lib.create_train_state(CFG, optim_lib.make_optimizer(optim_lib.OptimConfig()), seed=0).params
   step = lambda g: TrainStep(CFG, loss=loss, optimizer=optim_lib.make_optimizer(optim_lib.OptimConfig()),
@@ -150,6 +151,27 @@ def test_packed_responses_step_equals_unpacked():
 
 def test_packed_responses_refuse_a_split_batch():
   mesh = mesh_lib.MeshConfig(data=2, fsdp=1, tensor=4).build()
-  with pytest.raises(ValueError, match="response_granules"):
+  with pytest.raises(ValueError, match="TrainStep: response_granules=2 needs an unsplit batch"):
     TrainStep(CFG, loss=LossConfig(algorithm=upge.Grpo(), mode=LossMode.GLOBAL, sft=False),
               optimizer=optim_lib.make_optimizer(optim_lib.OptimConfig()), mesh=mesh, response_granules=2)
+  with pytest.raises(ValueError, match="Recompute: response_granules=2 needs an unsplit batch"):
+    Recompute(CFG, temperature=1.0, logprob_chunk=None, mesh=mesh, response_granules=2)
+  with pytest.raises(ValueError, match="response_granules must be >= 0"):
+    Recompute(CFG, temperature=1.0, logprob_chunk=None, response_granules=-1)
+
+
+def test_packed_recompute_equals_unpacked():
+  """The π_old recompute pass with response_granules gives the unpacked pass's log-probs."""
+  rows = _rows(seed=5, q=6, n=3)
+  _, shared = _packs(rows, bm=4, multiple=4)
+  m, bm, r = shared.tokens.shape
+  capacities = response_packing.capacities(bm * r, 2)
+  real = np.asarray(shared.attention_mask).reshape(m, -1).sum(-1)
+  assert len({capacities[response_packing.branch(capacities, n)] for n in real}) == 2  # both branches run
+  params = state_lib.create_train_state(CFG, optim_lib.make_optimizer(optim_lib.OptimConfig()), seed=0).params
+  batch = jax.tree.map(jnp.asarray, shared)
+  out = {g: jax.device_get(Recompute(CFG, temperature=0.7, logprob_chunk=None, response_granules=g)(params, batch))
+         for g in (0, 2)}
+  rollout = np.asarray(shared.response_mask) & ~np.asarray(shared.is_demo)[..., None]
+  assert rollout.sum() > 20 and np.abs(out[0].old_logp[rollout]).min() > 0
+  np.testing.assert_allclose(out[2].old_logp[rollout], out[0].old_logp[rollout], atol=1e-6, rtol=0)

@@ -175,10 +175,11 @@ class BatchConfig:
       Phases of demonstrations only (`RowSource.DEMOS`, one row per question) keep the plain rows.
       `--set batch.shared_prompts=false` turns it off.
     response_granules: g > 0 runs each shared-prompt micro-batch's per-token work on its real
-      response tokens only, packed into the smallest of k/g of its slots that holds them (`TrainStep`:
-      g compiled branches, one picked per micro-batch at run time, so no recompilation): responses
-      that end early stop costing their padded slots. Same loss and gradients. 0 (default) computes
-      every slot; it needs an unsplit batch (mesh data × fsdp = 1).
+      response tokens only, packed into the smallest of k/g of its slots that holds them, in the train
+      step and the π_old recompute (`training.response_packing`: g compiled branches, one picked per
+      micro-batch at run time, so no recompilation): responses that end early stop costing their
+      padded slots. Same loss and gradients. 0 (default) computes every slot; it needs an unsplit
+      batch (mesh data × fsdp = 1).
   """
   prompts_per_step: int = 128
   rows_per_optimizer_step: int = 512

@@ -150,9 +150,12 @@ def _mean_metrics(items: list[dict[str, float]]) -> dict[str, float]:
 
 
 @functools.lru_cache(maxsize=16)
-def _recompute(model_config, temperature: float, logprob_chunk: int | None, mesh) -> Recompute:
-  """One π_old recompute pass per (model, temperature, chunk, mesh) in a process (see `_train_step`)."""
-  return Recompute(model_config, temperature=temperature, logprob_chunk=logprob_chunk, mesh=mesh)
+def _recompute(model_config, temperature: float, logprob_chunk: int | None, mesh,
+               response_granules: int = 0) -> Recompute:
+  """One π_old recompute pass per (model, temperature, chunk, mesh, packing) in a process (see
+  `_train_step`)."""
+  return Recompute(model_config, temperature=temperature, logprob_chunk=logprob_chunk, mesh=mesh,
+                   response_granules=response_granules)
 
 
 @functools.lru_cache(maxsize=16)
@@ -207,7 +210,8 @@ class _Run:
     self.optimizer = self.steps[0].optimizer
     # Per phase: the π_old recompute pass, or None where the sampler's log-probs are π_old.
     self.recompute = [
-        _recompute(self.model_config, p.loss.temperature, p.loss.logprob_chunk, self.mesh)
+        _recompute(self.model_config, p.loss.temperature, p.loss.logprob_chunk, self.mesh,
+                   config.batch.response_granules)
         if p.rows is not RowSource.DEMOS and should_recompute(p.old_logprobs, p.policies(
             self.model_config, config.sampling)) else None
         for p in config.phases]

@@ -31,6 +31,7 @@ from hpt_jax import upge
 from hpt_jax.models import ModelConfig
 from hpt_jax.models.shared_prefix import PrefixStates, prefix_states
 from hpt_jax.training import mesh as mesh_lib
+from hpt_jax.training import response_packing
 from hpt_jax.training import state as state_lib
 from hpt_jax.training.batching import MicroBatches, step_prefixes
 from hpt_jax.training.train_step import policy_hidden
@@ -108,7 +109,8 @@ def _policy(model_config: ModelConfig, graphdef: nnx.GraphDef, params: dict):
 
 def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, params: dict, mb: MicroBatches,
                             *, temperature: float, logprob_chunk: int | None,
-                            prefix: PrefixStates | None = None, prefix_mask: Array | None = None) -> Array:
+                            prefix: PrefixStates | None = None, prefix_mask: Array | None = None,
+                            packed_tokens: int | None = None) -> Array:
   """log π(targets) of one micro-batch, as the train step computes it (no gradient needed).
 
   Args:
@@ -121,12 +123,14 @@ def teacher_forced_logprobs(model_config: ModelConfig, graphdef: nnx.GraphDef, p
     temperature: logits are divided by it.
     logprob_chunk: positions per chunk of the log-softmax from hidden states (None: full logits).
     prefix, prefix_mask: shared layout only: the batch's `prefix_states` and their [M * Gp, P] mask.
+    packed_tokens: shared layout only: the responses' per-token work on their real tokens packed into
+      this many rows (`shared_prefix.suffix_hidden`); None runs every slot.
 
   Returns:
     [Bm, L] float32 log-probs (meaningful where the response mask is True).
   """
   model = _policy(model_config, graphdef, params)
-  hidden = policy_hidden(model, mb, prefix, prefix_mask)
+  hidden = policy_hidden(model, mb, prefix, prefix_mask, packed_tokens=packed_tokens)
   if logprob_chunk is None:
     logp, _ = upge.token_logprobs(model.logits(hidden), mb.targets, temperature=temperature)
   else:
@@ -147,12 +151,16 @@ class Recompute:
     temperature: the loss temperature (π_old must be taken where π_θ is).
     logprob_chunk: the train step's chunk size (`LossConfig.logprob_chunk`).
     mesh: the training mesh (parameters by the rules table, rows over data × fsdp), or None.
+    response_granules: as the train step's (`training.response_packing`): shared-prompt micro-batches
+      run on their real response tokens only; 0 runs every slot.
   """
 
   def __init__(self, model_config: ModelConfig, *, temperature: float, logprob_chunk: int | None,
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, response_granules: int = 0):
     if temperature <= 0:
       raise ValueError(f"Recompute: temperature must be > 0, got {temperature}")
+    response_packing.check_granules(response_granules, mesh, owner="Recompute")
+    self.response_granules = response_granules
     self.model_config = model_config
     self.temperature = temperature
     self.logprob_chunk = logprob_chunk
@@ -189,9 +197,14 @@ class Recompute:
       prefix_tokens, prefix_mask = step_prefixes(batch)
       prefix = prefix_states(_policy(self.model_config, self.graphdef, params), prefix_tokens, prefix_mask)
 
-    def one(mb):
-      return teacher_forced_logprobs(self.model_config, self.graphdef, params, mb, temperature=self.temperature,
-                                     logprob_chunk=self.logprob_chunk, prefix=prefix, prefix_mask=prefix_mask)
+    def logp_at(packed_tokens):
+      return lambda params, prefix, mb: teacher_forced_logprobs(
+          self.model_config, self.graphdef, params, mb, temperature=self.temperature,
+          logprob_chunk=self.logprob_chunk, prefix=prefix, prefix_mask=prefix_mask, packed_tokens=packed_tokens)
+
+    logp_fn = response_packing.by_capacity(logp_at, response_packing.batch_capacities(
+        batch, self.response_granules))
+    one = lambda mb: logp_fn(params, prefix, mb)
 
     # Every [M, ...] field, one micro-batch at a time (the scalars have no micro-batch axis).
     logp = jax.lax.map(one, batch._replace(has_old_logp=None, num_questions=None))

@@ -34,7 +34,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -46,6 +45,7 @@ from hpt_jax.models import ModelConfig
 from hpt_jax.models import sharding as sharding_lib
 from hpt_jax.training import mesh as mesh_lib
 from hpt_jax.training import optimizer as optim_lib
+from hpt_jax.training import response_packing
 from hpt_jax.training import state as state_lib
 from hpt_jax.models.shared_prefix import PrefixStates, prefix_states, suffix_hidden
 from hpt_jax.training.batching import MicroBatches, real_tokens, step_prefixes
@@ -67,22 +67,16 @@ class TrainStep:
     optimizer: an optax transformation wrapped by `optimizer.skip_bad_updates` (e.g.
       `make_optimizer(OptimConfig())`), whose state exposes `last_grad_norm` / `num_skipped`.
     mesh: a data × fsdp × tensor mesh, or None for the default device.
-    response_granules: g > 0 packs each shared-prompt micro-batch's real response tokens for the
-      model's per-token work (`shared_prefix.suffix_hidden(packed_tokens=)`), in C = k/g of its Bm·R
-      slots with the smallest sufficient k, chosen per micro-batch at run time by `lax.switch` over g
-      compiled branches: responses that end early stop costing their padded slots, and no batch
-      recompiles (the price is g copies of the micro-batch program, i.e. compile time). Same loss and
-      gradients. 0 (default) runs every slot. Plain-row batches are never packed; the batch must not
-      be split over devices (the mesh's data × fsdp size must be 1).
+    response_granules: g > 0 runs each shared-prompt micro-batch's per-token work on its real
+      response tokens packed into the smallest of k/g of its Bm·R slots (`training.response_packing`:
+      g branches of one program, picked at run time, so nothing recompiles; the price is compile time).
+      Same loss and gradients. 0 (default) runs every slot. Plain-row batches are never packed; the
+      mesh must not split rows (data × fsdp = 1).
   """
 
   def __init__(self, model_config: ModelConfig, *, loss: LossConfig, optimizer: optax.GradientTransformation,
                mesh: Mesh | None = None, response_granules: int = 0):
-    if response_granules < 0:
-      raise ValueError(f"response_granules must be >= 0, got {response_granules}")
-    if response_granules and mesh is not None and mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1) > 1:
-      raise ValueError(f"response_granules={response_granules} needs an unsplit batch, but the mesh splits "
-                       f"rows over data x fsdp = {dict(mesh.shape)}; set it to 0 on this mesh")
+    response_packing.check_granules(response_granules, mesh, owner="TrainStep")
     self.model_config = model_config
     self.loss_config = loss
     self.optimizer = optimizer
@@ -212,7 +206,10 @@ class TrainStep:
     if batch.prefix_tokens is not None:
       prefix_tokens, prefix_mask = step_prefixes(batch)
       prefix, prefix_vjp = jax.vjp(lambda p: prefix_states(self._model(p), prefix_tokens, prefix_mask), params)
-    grad_fn = _micro_grad_fn(self._micro_loss, self._capacities(batch))
+    grads_at = lambda packed_tokens: jax.value_and_grad(
+        functools.partial(self._micro_loss, packed_tokens=packed_tokens), argnums=(0, 1), has_aux=True)
+    grad_fn = response_packing.by_capacity(grads_at, response_packing.batch_capacities(
+        batch, self.response_granules))
     f32_zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), tree)
     accumulate = lambda acc, g: jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g)
 
@@ -248,12 +245,6 @@ class TrainStep:
     out["batch/rows"] = batch.row_valid.sum()
     return loss, grads, out
 
-  def _capacities(self, batch: MicroBatches) -> tuple[int, ...] | None:
-    """The packed capacities C a shared-prompt micro-batch may run with (None: not packed)."""
-    if not self.response_granules or batch.prefix_tokens is None:
-      return None
-    return packed_capacities(batch.tokens.shape[1] * batch.tokens.shape[2], self.response_granules)
-
   def _update(self, params, opt_state, step, batch):
     loss, grads, metrics = self._loss_and_grads(params, batch)
     # The update's real tokens (prompt + response, padding excluded: what the loop counts for its
@@ -267,40 +258,6 @@ class TrainStep:
         "optim/num_skipped": new_opt_state.num_skipped,
     }
     return new_params, new_opt_state, step + 1, metrics
-
-
-def _micro_grad_fn(micro_loss, capacities: tuple[int, ...] | None):
-  """`f(*args) -> ((loss, aux), (grads, prefix grads))` of one micro-batch.
-
-  Unpacked (`capacities` None): `value_and_grad` of `micro_loss` over every slot. Packed: one branch
-  per capacity, `lax.switch` runs the smallest one that holds the micro-batch's real response tokens
-  (`packed_capacity`).
-  """
-  def grads_at(packed_tokens):
-    return jax.value_and_grad(functools.partial(micro_loss, packed_tokens=packed_tokens), argnums=(0, 1),
-                              has_aux=True)
-
-  if capacities is None:
-    return grads_at(None)
-  # The largest capacity is every slot: that branch runs unpacked (no gathers).
-  branches = [grads_at(c) for c in capacities[:-1]] + [grads_at(None)]
-
-  def packed(params, prefix, mb, *rest):
-    real = jnp.sum(mb.attention_mask, dtype=jnp.int32)
-    return jax.lax.switch(packed_branch(capacities, real), branches, params, prefix, mb, *rest)
-  return packed
-
-
-def packed_branch(capacities: tuple[int, ...], real_tokens):
-  """The index of the first (smallest) capacity >= `real_tokens` (works on NumPy and JAX values)."""
-  xp = jnp if isinstance(real_tokens, jax.Array) else np
-  return xp.searchsorted(xp.asarray(capacities), real_tokens)
-
-
-def packed_capacities(slots: int, granules: int) -> tuple[int, ...]:
-  """The capacities k/g of a micro-batch's `slots` = Bm·R response slots, k = 1..g (rounded up)."""
-  size = -(-slots // granules)
-  return tuple(sorted({min(slots, size * k) for k in range(1, granules + 1)}))
 
 
 def policy_hidden(model, mb: MicroBatches, prefix: PrefixStates | None = None,
