@@ -189,7 +189,8 @@ def suffix_hidden(model: CausalLM, prefix: PrefixStates, *, prefix_mask: Array, 
     suffix_tokens: [B, R] int32 responses, left-aligned (slot t is response token t).
     suffix_mask: [B, R] bool, True on real response tokens (all False on padding rows).
     packed_tokens: C >= the number of True entries of `suffix_mask` (static; fewer would silently
-      drop tokens, so the caller picks C from the count, see `train_step`), or None for the padded pass.
+      drop tokens, so the caller picks C from the count: `training.response_packing`), or None for the
+      padded pass.
   Returns:
     [B, R, D]: row b, slot t is the hidden state whose logits predict `suffix_tokens[b, t]`.
   """

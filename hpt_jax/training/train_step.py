@@ -270,6 +270,9 @@ def policy_hidden(model, mb: MicroBatches, prefix: PrefixStates | None = None,
   per-token work on the real response tokens packed into C rows (`suffix_hidden`).
   """
   if mb.prefix_tokens is None:
+    if packed_tokens is not None:
+      raise ValueError("policy_hidden: packed_tokens packs the shared-prompt layout's responses; this "
+                       "micro-batch has plain rows")
     hidden, _ = model(mb.tokens, positions=mb.positions, attention_mask=mb.attention_mask)
     return hidden
   if prefix is None or prefix_mask is None:
