@@ -152,3 +152,17 @@ def test_start_without_waiting_scores_like_serial_and_closes_cleanly():
   q.start(wait=False)
   q.close()
   assert q._workers == [] and q._starter is None
+
+
+def test_the_trainer_process_does_not_import_the_graders():
+  """sympy and math-verify load where an answer is first graded in-process, or in the pool's workers
+  (its forkserver preloads them): importing the training loop does not pull them in."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  code = ("import sys, hpt_jax.training.loop, hpt_jax.rewards; "
+          "print(sorted(m for m in ('sympy', 'math_verify') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+  assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+  # ...and in-process grading still works (lazily importing them).
+  assert score_serial(["\\boxed{\\frac{1}{2}}"], ["0.5"]).scores.tolist() == [1.0]
